@@ -1,0 +1,1 @@
+"""The model lab: read beats, train autoencoders on normal beats, calibrate, evaluate."""

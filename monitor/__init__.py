@@ -1,0 +1,1 @@
+"""The monitor: consume beats from Kafka, score them in micro-batches, emit alerts."""

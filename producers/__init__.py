@@ -1,0 +1,1 @@
+"""Producers: replay recorded beats onto Kafka as a simulated bedside feed."""
