@@ -1,1 +1,1 @@
-"""The model lab: read beats, train autoencoders on normal beats, calibrate, evaluate."""
+"""The model lab: train autoencoders on normal beats, calibrate, evaluate."""
