@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 
-.PHONY: install lab test test-unit check format demo bench clean
+.PHONY: install lab test test-unit check format demo bench-lab clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The main job on built-in defaults.
+demo: lab
 
 # Train and evaluate the reference dense autoencoder on the bundled ECG5000.
 lab: $(STAMP)
@@ -37,6 +40,9 @@ check: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+bench-lab: $(STAMP)
+	$(BIN)/python bench/lab.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

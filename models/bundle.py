@@ -6,14 +6,18 @@ A bundle holds:
 - ``scaler.json``: the per-sample standardisation fitted on training normals;
 - ``threshold.json``: the calibrated threshold and the policy that chose it;
 - ``splits.json``: the row indices of the train, validation and test splits;
+- ``serving.npz``: the same weights for the serving path, which runs without
+  TensorFlow; written only after it matched the Keras model to 1e-5 on the
+  validation beats;
 - ``metadata.json``: data source and sha256, normal label, split sizes, seed,
   library versions, training history, model version and test metrics;
 - ``manifest.json``: the sha256 of every file above.
 
 Bundles are written to a temporary folder and renamed into place, so a crash
 leaves either the old bundle or the new one, never half of one. Loading
-checks every hash first and then loads the model in Keras safe mode, which
-refuses to deserialise arbitrary code.
+checks every hash first. The lab then loads the model in Keras safe mode,
+which refuses to deserialise arbitrary code; the monitor reads only JSON and
+the ``.npz`` weights, with pickle refused, and never imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -45,14 +49,17 @@ logger = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = 1
 MODEL_FILE = "model.keras"
+SERVING_FILE = "serving.npz"
 MANIFEST_FILE = "manifest.json"
 CONTENT_FILES = (
     MODEL_FILE,
+    SERVING_FILE,
     "scaler.json",
     "threshold.json",
     "splits.json",
     "metadata.json",
 )
+PARITY_TOLERANCE = 1e-5
 
 
 def _sha256(path: Path) -> str:
@@ -97,7 +104,30 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def build_metadata(trained: Trained, created: datetime) -> dict[str, Any]:
+def check_parity(trained: Trained, scorer: Scorer) -> float:
+    """Largest difference between serving and Keras errors on validation beats."""
+    from models.scoring import keras_errors
+
+    beats = trained.data.beats[trained.splits.val]
+    gap = float(
+        np.max(
+            np.abs(
+                scorer.score(beats).errors
+                - keras_errors(trained.model, trained.scaler, beats)
+            )
+        )
+    )
+    if gap > PARITY_TOLERANCE:
+        raise BundleError(
+            f"the serving path differs from the Keras model by {gap:.2e} on "
+            f"validation beats, more than {PARITY_TOLERANCE:g}; bundle not written"
+        )
+    return gap
+
+
+def build_metadata(
+    trained: Trained, created: datetime, parity: float
+) -> dict[str, Any]:
     spec = trained.spec
     config = trained.config
     version = (
@@ -137,6 +167,12 @@ def build_metadata(trained: Trained, created: datetime) -> dict[str, Any]:
             "seconds": round(trained.train_seconds, 3),
             "history": trained.history,
         },
+        "serving": {
+            "file": SERVING_FILE,
+            "kind": "dense stack in NumPy",
+            "parity_max_abs_error": parity,
+            "parity_checked_on": "validation normals",
+        },
         "libraries": library_versions(),
         "test_metrics": trained.test_metrics,
     }
@@ -152,9 +188,12 @@ def save_bundle(trained: Trained, out: Path) -> Path:
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
+    scorer = Scorer.from_keras(trained.model, trained.scaler, trained.threshold)
+    parity = check_parity(trained, scorer)
     staging.mkdir()
     try:
         trained.model.save(staging / MODEL_FILE)
+        scorer.save_weights(staging / SERVING_FILE)
         _write_json(staging / "scaler.json", trained.scaler.to_json())
         _write_json(
             staging / "threshold.json",
@@ -169,7 +208,7 @@ def save_bundle(trained: Trained, out: Path) -> Path:
         _write_json(staging / "splits.json", trained.splits.to_json())
         _write_json(
             staging / "metadata.json",
-            build_metadata(trained, datetime.now(UTC).replace(microsecond=0)),
+            build_metadata(trained, datetime.now(UTC).replace(microsecond=0), parity),
         )
         manifest = {
             "format": BUNDLE_FORMAT,
@@ -273,6 +312,57 @@ def verify_bundle(path: Path) -> dict[str, str]:
     return dict(files)
 
 
+@dataclass(frozen=True)
+class ServingBundle:
+    """What the monitor needs from a bundle, loaded without TensorFlow."""
+
+    path: Path
+    scorer: Scorer
+    name: str
+    version: str
+    threshold: float
+    beat_length: int
+    metadata: dict[str, Any]
+
+
+def _read_parts(path: Path) -> tuple[Standardizer, float, str, dict[str, Any]]:
+    threshold_data = _read_json(path / "threshold.json")
+    metadata = _read_json(path / "metadata.json")
+    try:
+        threshold = float(threshold_data["threshold"])
+        policy = str(threshold_data["policy"])
+        scaler = Standardizer.from_json(_read_json(path / "scaler.json"))
+        version = metadata["model"]["version"]
+        beat_length = int(metadata["data"]["beat_length"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path}: a bundle file lacks a field: {exc}") from exc
+    if not isinstance(version, str) or scaler.mean.shape != (beat_length,):
+        raise BundleError(
+            f"{path}: metadata.json and scaler.json disagree on the model version "
+            "or the beat length"
+        )
+    return scaler, threshold, policy, metadata
+
+
+def load_serving_bundle(path: Path) -> ServingBundle:
+    """Load the serving path of a bundle after checking every hash."""
+    path = Path(path)
+    verify_bundle(path)
+    scaler, threshold, _, metadata = _read_parts(path)
+    scorer = Scorer.load_weights(path / SERVING_FILE, scaler, threshold)
+    if scorer.length != scaler.mean.shape[0]:
+        raise BundleError(f"{path}: serving weights do not fit the beat length")
+    return ServingBundle(
+        path=path,
+        scorer=scorer,
+        name=str(metadata["model"]["name"]),
+        version=str(metadata["model"]["version"]),
+        threshold=threshold,
+        beat_length=int(metadata["data"]["beat_length"]),
+        metadata=metadata,
+    )
+
+
 def load_bundle(path: Path) -> Bundle:
     """Load a bundle after checking its hashes, with Keras safe mode on."""
     import keras
@@ -286,20 +376,9 @@ def load_bundle(path: Path) -> Bundle:
     except Exception as exc:
         raise BundleError(f"{path / MODEL_FILE}: cannot load the model: {exc}") from exc
 
-    threshold_data = _read_json(path / "threshold.json")
-    metadata = _read_json(path / "metadata.json")
+    scaler, threshold, policy, metadata = _read_parts(path)
     try:
-        threshold = float(threshold_data["threshold"])
-        policy = str(threshold_data["policy"])
-        scaler = Standardizer.from_json(_read_json(path / "scaler.json"))
         splits = Splits.from_json(_read_json(path / "splits.json"))
-        version = metadata["model"]["version"]
-        beat_length = int(metadata["data"]["beat_length"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{path}: a bundle file lacks a field: {exc}") from exc
-    if not isinstance(version, str) or scaler.mean.shape != (beat_length,):
-        raise BundleError(
-            f"{path}: metadata.json and scaler.json disagree on the model version "
-            "or the beat length"
-        )
+        raise BundleError(f"{path}/splits.json lacks a field: {exc}") from exc
     return Bundle(path, model, scaler, threshold, policy, splits, metadata)

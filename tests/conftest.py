@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,3 +46,15 @@ def write_binary_csv(path: Path, data: BeatSet, normal_label: str) -> Path:
         lines.append(f"{row}," + ",".join(f"{x:.6f}" for x in beat) + f",{label}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A real single-node Kafka for the whole session, on loopback."""
+    from tests.services import TEST_KAFKA_PORT, kafka
+
+    kafka("start")
+    try:
+        yield f"127.0.0.1:{TEST_KAFKA_PORT}"
+    finally:
+        kafka("stop")

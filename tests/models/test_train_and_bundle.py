@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,7 +17,7 @@ import pytest
 from beatmon.errors import BundleError
 from models import bundle as bundle_module
 from models.autoencoder import VARIANTS, build, get_spec
-from models.bundle import load_bundle, save_bundle, verify_bundle
+from models.bundle import load_bundle, load_serving_bundle, save_bundle, verify_bundle
 from models.data import BeatSet
 from models.scoring import Scorer, keras_errors
 from models.train import TrainConfig, Trained, summary_paragraph, train
@@ -185,3 +189,44 @@ def test_copied_bundle_still_loads(saved: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(saved, copy)
     assert load_bundle(copy).version == load_bundle(saved).version
+
+
+def test_serving_bundle_loads_without_tensorflow_and_matches_keras(
+    saved: Path, trained: Trained
+) -> None:
+    code = (
+        "import io, sys, numpy as np\n"
+        "from models.bundle import load_serving_bundle\n"
+        f"b = load_serving_bundle({str(saved)!r})\n"
+        "beats = np.load(io.BytesIO(sys.stdin.buffer.read()))\n"
+        "np.save(sys.stdout.buffer, b.scorer.score(beats).errors)\n"
+        "sys.stderr.write(str(sorted(m for m in sys.modules if 'tensorflow' in m "
+        "or m == 'keras')))\n"
+    )
+    beats = trained.data.beats[:300]
+    buffer = io.BytesIO()
+    np.save(buffer, beats)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        input=buffer.getvalue(),
+        capture_output=True,
+        check=True,
+    )
+    assert result.stderr.decode().strip() == "[]"
+    served = np.load(io.BytesIO(result.stdout))
+    expected = keras_errors(trained.model, trained.scaler, beats)
+    np.testing.assert_allclose(served, expected, rtol=0, atol=1e-5)
+    parity = load_bundle(saved).metadata["serving"]["parity_max_abs_error"]
+    assert 0 <= parity <= 1e-5
+
+
+def test_pickled_serving_weights_are_refused(saved: Path) -> None:
+    path = saved / "serving.npz"
+    np.save(
+        path.open("wb"), np.array([{"evil": object}], dtype=object), allow_pickle=True
+    )
+    manifest = json.loads((saved / "manifest.json").read_text())
+    manifest["files"]["serving.npz"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="cannot read the serving weights"):
+        load_serving_bundle(saved)

@@ -1,0 +1,285 @@
+"""Wire formats of the Kafka messages, versioned.
+
+Every message is one UTF-8 JSON object with a version field ``v``. A reader
+refuses a version it does not know rather than guessing. The README lists
+the same schemas.
+
+Beat, version 1 (topic ``beatmon.beats``; the key is the patient id, so one
+patient's beats stay in order on one partition)::
+
+    {"v": 1, "patient": "p0007", "seq": 42, "produced_at": 1764763200.125,
+     "samples": [-0.11, 0.42, ...], "truth": "abnormal"}
+
+- ``patient``: non-empty string, at most 64 characters;
+- ``seq``: the beat's number for this patient, an integer from 0;
+- ``produced_at``: when the beat was produced, Unix time in seconds;
+- ``samples``: the beat, a list of finite numbers;
+- ``truth``: optional ground truth, ``"normal"`` or ``"abnormal"``.
+
+A producer that sends the same beat many times can render its samples once
+with :func:`samples_text` and build each message with
+:func:`encode_beat_text`, which gives the same layout as :func:`encode_beat`.
+
+Alert, version 1 (topic ``beatmon.alerts``; key: the patient id)::
+
+    {"v": 1, "alert_id": "3f1c...", "patient": "p0007", "seq": 42,
+     "error": 0.912, "threshold": 0.286, "model": "dense",
+     "model_version": "dense-20261203T130503Z-f501c00c",
+     "beat_time": 1764763200.125, "emitted_at": 1764763200.139,
+     "profile": [0.05, 0.07, ...], "truth": "abnormal"}
+
+- ``alert_id``: derived from the model version, patient and seq, so the same
+  beat scored by the same model always gives the same id; subscribers drop
+  duplicates by it;
+- ``error`` and ``threshold``: mean squared reconstruction error of the beat
+  and the threshold it exceeded, in the model's scaled units;
+- ``profile``: the mean squared error in each of ten equal stretches of the
+  beat, first to last, which shows where in the beat the deviation lies;
+- ``beat_time``: the beat's ``produced_at``; ``emitted_at``: when the alert
+  was built, Unix seconds;
+- ``truth``: copied from the beat when it carried one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from beatmon.errors import MessageError
+
+BEAT_VERSION = 1
+ALERT_VERSION = 1
+MAX_PATIENT_ID = 64
+MAX_SAMPLE = 1e6
+TRUTH_VALUES = ("normal", "abnormal")
+
+Truth = Literal["normal", "abnormal"]
+
+
+@dataclass(frozen=True)
+class Beat:
+    """One decoded beat message."""
+
+    patient: str
+    seq: int
+    produced_at: float
+    samples: Sequence[float] | np.ndarray
+    truth: Truth | None = None
+
+    def encode(self) -> bytes:
+        samples = self.samples
+        data: dict[str, Any] = {
+            "v": BEAT_VERSION,
+            "patient": self.patient,
+            "seq": self.seq,
+            "produced_at": self.produced_at,
+            "samples": samples.tolist() if isinstance(samples, np.ndarray) else samples,
+        }
+        if self.truth is not None:
+            data["truth"] = self.truth
+        return json.dumps(data, separators=(",", ":")).encode()
+
+
+def encode_beat(
+    patient: str,
+    seq: int,
+    produced_at: float,
+    samples: Sequence[float] | np.ndarray,
+    truth: Truth | None = None,
+) -> bytes:
+    """Encode one beat message; ``samples`` should already be rounded as wanted."""
+    return Beat(patient, seq, produced_at, samples, truth).encode()
+
+
+def samples_text(values: Sequence[float] | np.ndarray) -> str:
+    """The JSON array of ``values`` as float32, each in its shortest exact form.
+
+    Decoding the text and rounding to float32 gives the values back exactly.
+    Raises :class:`MessageError` for an empty, non-1-D or non-finite input.
+    """
+    array = np.asarray(values, dtype=np.float32)
+    if array.ndim != 1 or array.size == 0:
+        raise MessageError(f"samples must be a non-empty list, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise MessageError("samples must be finite")
+    # str() of a NumPy float32 is its shortest round-trip decimal, and valid JSON.
+    return "[" + ",".join(map(str, array)) + "]"
+
+
+@functools.lru_cache(maxsize=65536)
+def _json_string(text: str) -> str:
+    return json.dumps(text)
+
+
+_TRUTH_TAIL: dict[str | None, str] = {
+    None: "}",
+    "normal": ',"truth":"normal"}',
+    "abnormal": ',"truth":"abnormal"}',
+}
+
+
+def encode_beat_text(
+    patient: str,
+    seq: int,
+    produced_at: float,
+    samples_json: str,
+    truth: Truth | None = None,
+) -> bytes:
+    """Encode one beat message from samples already rendered by :func:`samples_text`.
+
+    Gives the field order and spacing of :func:`encode_beat`; ``produced_at``
+    is Unix time in seconds.
+    """
+    tail = _TRUTH_TAIL.get(truth)
+    if tail is None:
+        raise MessageError(f"truth {truth!r} is neither 'normal' nor 'abnormal'")
+    return (
+        f'{{"v":{BEAT_VERSION},"patient":{_json_string(patient)},"seq":{seq:d},'
+        f'"produced_at":{float(produced_at)!r},"samples":{samples_json}{tail}'
+    ).encode()
+
+
+def _field(data: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    if name not in data:
+        raise MessageError(f"field {name!r} is missing")
+    value = data[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise MessageError(f"field {name!r} has type {type(value).__name__}")
+    return value
+
+
+def decode_beat(payload: bytes | None, length: int | None = None) -> Beat:
+    """Decode and validate a beat message.
+
+    ``length`` is the number of samples the model expects, when known. Raises
+    :class:`MessageError` with a reason for anything that is not a valid beat.
+    """
+    if payload is None:
+        raise MessageError("empty message (tombstone)")
+    try:
+        data = json.loads(payload)
+    except RecursionError:
+        raise MessageError("not JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise MessageError(f"not JSON: {exc}") from None
+    may_hold_bools = b"true" in payload or b"false" in payload
+    return beat_from_json(data, length, may_hold_bools=may_hold_bools)
+
+
+def beat_from_json(
+    data: Any, length: int | None = None, *, may_hold_bools: bool = True
+) -> Beat:
+    """Validate an already parsed beat message; see :func:`decode_beat`.
+
+    ``may_hold_bools=False`` promises that the JSON text had no ``true`` or
+    ``false`` in it, which lets the samples be checked in one NumPy call.
+    """
+    if not isinstance(data, dict):
+        raise MessageError(f"a beat must be a JSON object, not {type(data).__name__}")
+    version = data.get("v")
+    if version != BEAT_VERSION:
+        raise MessageError(f"unknown beat schema version {version!r}")
+    patient = _field(data, "patient", str)
+    if not patient or len(patient) > MAX_PATIENT_ID:
+        raise MessageError(f"patient id must have 1 to {MAX_PATIENT_ID} characters")
+    seq = _field(data, "seq", int)
+    if seq < 0:
+        raise MessageError(f"seq {seq} is negative")
+    produced_at = float(_field(data, "produced_at", (int, float)))
+    if not math.isfinite(produced_at):
+        raise MessageError("produced_at is not finite")
+    samples = _field(data, "samples", list)
+    if length is not None and len(samples) != length:
+        raise MessageError(
+            f"beat has {len(samples)} samples, the model expects {length}"
+        )
+    if not samples:
+        raise MessageError("beat has no samples")
+    truth = data.get("truth")
+    if truth is not None and truth not in TRUTH_VALUES:
+        raise MessageError(f"truth {truth!r} is neither 'normal' nor 'abnormal'")
+    values = _sample_array(samples, may_hold_bools)
+    return Beat(patient, seq, produced_at, values, truth)
+
+
+def _sample_array(samples: list[Any], may_hold_bools: bool) -> np.ndarray:
+    """The samples as float64, or a MessageError naming the first bad one."""
+    # NumPy would quietly turn booleans into 0 and 1, so each sample's type is
+    # checked in Python when the payload may hold one, or conversion fails.
+    fast: np.ndarray | None = None
+    if not may_hold_bools:
+        try:
+            fast = np.array(samples)
+        except (TypeError, ValueError, OverflowError):
+            fast = None
+    if fast is not None and fast.ndim == 1 and fast.dtype.kind in "if":
+        values = fast.astype(np.float64, copy=False)
+    else:
+        for i, x in enumerate(samples):
+            if not isinstance(x, (int, float)) or isinstance(x, bool):
+                raise MessageError(f"sample {i} has type {type(x).__name__}")
+        try:
+            values = np.array(samples, dtype=np.float64)
+        except OverflowError:
+            raise MessageError("a sample is too large for a float") from None
+    bad = ~np.isfinite(values) | (np.abs(values) > MAX_SAMPLE)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise MessageError(
+            f"sample {i} is {samples[i]!r}; samples must be finite and within "
+            f"±{MAX_SAMPLE:g}"
+        )
+    return values
+
+
+def alert_id(model_version: str, patient: str, seq: int) -> str:
+    """The deterministic id of the alert for one beat scored by one model."""
+    text = f"{model_version}\x1f{patient}\x1f{seq}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One flagged beat, as published on the alert topic."""
+
+    alert_id: str
+    patient: str
+    seq: int
+    error: float
+    threshold: float
+    model: str
+    model_version: str
+    beat_time: float
+    emitted_at: float
+    profile: list[float]
+    truth: Truth | None = None
+
+    def encode(self) -> bytes:
+        data: dict[str, Any] = {"v": ALERT_VERSION, **self.__dict__}
+        if self.truth is None:
+            del data["truth"]
+        return json.dumps(data, separators=(",", ":")).encode()
+
+
+def decode_alert(payload: bytes) -> Alert:
+    """Decode an alert message, for subscribers and tests."""
+    try:
+        data = json.loads(payload)
+    except ValueError as exc:
+        raise MessageError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("v") != ALERT_VERSION:
+        raise MessageError("not a version 1 alert")
+    data = dict(data)
+    del data["v"]
+    data.setdefault("truth", None)
+    try:
+        return Alert(**data)
+    except TypeError as exc:
+        raise MessageError(f"alert fields do not match the schema: {exc}") from None
