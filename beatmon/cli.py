@@ -218,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p, required_labels=True)
     _add_training_options(p)
     p.set_defaults(func=cmd_compare)
+
+    from producers.cli import add_parser as add_replay_parser
+
+    add_replay_parser(sub)
+
+    from monitor.cli import add_parser as add_monitor_parser
+
+    add_monitor_parser(sub)
     return parser
 
 

@@ -1,0 +1,355 @@
+"""The monitor against a real Kafka broker: parity, poison, crashes, rebalances."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from beatmon.cli import main
+from beatmon.messages import alert_id, decode_alert, decode_beat, encode_beat
+from models.autoencoder import VARIANTS
+from models.bundle import load_bundle, save_bundle
+from models.data import BeatSet
+from models.scoring import keras_errors
+from models.train import TrainConfig, train
+from tests.services import create_topics, unique_name
+
+pytestmark = pytest.mark.integration
+
+WAIT_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def bundle(small_ecg: BeatSet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    trained = train(
+        small_ecg,
+        "1",
+        VARIANTS["dense"],
+        TrainConfig(max_epochs=3, patience=2),
+        on_epoch=lambda *_: None,
+    )
+    return save_bundle(trained, tmp_path_factory.mktemp("monitor") / "bundle")
+
+
+@dataclass
+class Topics:
+    beats: str
+    alerts: str
+    dead: str
+    scores: str
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Topics:
+    partitions = getattr(request, "param", 1)
+    base = unique_name("mon")
+    names = Topics(f"{base}.beats", f"{base}.alerts", f"{base}.dlq", f"{base}.scores")
+    create_topics(kafka_bootstrap, [names.beats], partitions=partitions)
+    create_topics(kafka_bootstrap, [names.alerts, names.dead, names.scores])
+    return names
+
+
+class MonitorProcess:
+    """``beatmon monitor`` in a child process, as an operator would run it."""
+
+    def __init__(
+        self,
+        bundle: Path,
+        bootstrap: str,
+        topics: Topics,
+        log: Path,
+        group: str,
+        *extra: str,
+    ) -> None:
+        self.log = log
+        self.handle = log.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "beatmon.cli",
+                "monitor",
+                "--bundle",
+                str(bundle),
+                "--bootstrap",
+                bootstrap,
+                "--beats-topic",
+                topics.beats,
+                "--alerts-topic",
+                topics.alerts,
+                "--dead-letter-topic",
+                topics.dead,
+                "--scores-topic",
+                topics.scores,
+                "--group",
+                group,
+                "--report-every",
+                "1",
+                *extra,
+            ],
+            stdout=self.handle,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for_log(self, needle: str, timeout_s: float = WAIT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while needle not in self.text():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"monitor exited early:\n{self.text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"no {needle!r} in the monitor log:\n{self.text()}"
+                )
+            time.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout_s)
+        self.handle.close()
+        return code
+
+
+@pytest.fixture
+def monitors(tmp_path: Path) -> Iterator[list[MonitorProcess]]:
+    started: list[MonitorProcess] = []
+    yield started
+    for monitor in started:
+        if monitor.proc.poll() is None:
+            monitor.proc.kill()
+            monitor.proc.wait()
+
+
+def replay(bootstrap: str, topic: str, limit: int, *extra: str) -> None:
+    args = ["replay", "--bootstrap", bootstrap, "--topic", topic, "--max"]
+    assert main([*args, "--limit", str(limit), "--patients", "20", *extra]) == 0
+
+
+def read_topic(
+    bootstrap: str, topic: str, expected: int, timeout_s: float = WAIT_S
+) -> list[Any]:
+    """Every record of ``topic``, waiting until at least ``expected`` are there."""
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        consumer_timeout_ms=1000,
+    )
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            batches = consumer.poll(timeout_ms=500)
+            for batch in batches.values():
+                records.extend(batch)
+        # A short extra read catches records beyond the expected count.
+        for batch in consumer.poll(timeout_ms=1000).values():
+            records.extend(batch)
+    finally:
+        consumer.close()
+    return records
+
+
+def scored_pairs(bootstrap: str, topic: str, expected: int) -> list[tuple[str, int]]:
+    return [
+        (data["patient"], data["seq"])
+        for data in (
+            json.loads(r.value) for r in read_topic(bootstrap, topic, expected)
+        )
+    ]
+
+
+def test_alerts_match_the_lab_beat_for_beat(
+    kafka_bootstrap: str,
+    topics: Topics,
+    bundle: Path,
+    tmp_path: Path,
+    monitors: list[MonitorProcess],
+) -> None:
+    replay(kafka_bootstrap, topics.beats, 400)
+    monitor = MonitorProcess(bundle, kafka_bootstrap, topics, tmp_path / "m.log", "g")
+    monitors.append(monitor)
+    assert len(read_topic(kafka_bootstrap, topics.scores, 400)) == 400
+    assert monitor.stop() == 0
+    assert "monitor stopped: scored=400" in monitor.text()
+
+    beats = [
+        decode_beat(r.value) for r in read_topic(kafka_bootstrap, topics.beats, 400)
+    ]
+    lab = load_bundle(bundle)
+    samples = np.stack([beat.samples for beat in beats]).astype(np.float32)
+    errors = keras_errors(lab.model, lab.scaler, samples)
+    expected = {
+        (beat.patient, beat.seq): float(error)
+        for beat, error in zip(beats, errors, strict=True)
+        if error > lab.threshold
+    }
+    alerts = [
+        decode_alert(r.value) for r in read_topic(kafka_bootstrap, topics.alerts, 1)
+    ]
+    assert expected, "the replayed beats should include abnormal ones"
+    assert {(a.patient, a.seq) for a in alerts} == set(expected)
+    for alert in alerts:
+        assert alert.error == pytest.approx(
+            expected[alert.patient, alert.seq], abs=1e-5
+        )
+        assert alert.alert_id == alert_id(lab.version, alert.patient, alert.seq)
+        assert alert.model_version == lab.version and alert.threshold == lab.threshold
+        assert len(alert.profile) == 10 and alert.truth in ("normal", "abnormal")
+        assert alert.emitted_at >= alert.beat_time
+
+
+POISON: list[bytes | None] = [
+    b"\x00\xff garbage",
+    b"",
+    b"[1, 2, 3]",
+    b'{"v": 1}',
+    b'{"v": 99, "patient": "p1", "seq": 0, "produced_at": 1, "samples": [1]}',
+    b'{"v": 1, "patient": "p1", "seq": "x", "produced_at": 1, "samples": [1]}',
+    None,
+]
+
+
+def _poison(length: int) -> list[tuple[bytes | None, bytes | None]]:
+    good = [0.1] * length
+    cases = [(b"p0001", payload) for payload in POISON]
+    cases.append((b"p0001", encode_beat("p0001", 1, 1.0, good[:-1])))
+    cases.append(
+        (b"p0001", encode_beat("p0001", 1, 1.0, good).replace(b"0.1]", b"NaN]"))
+    )
+    cases.append((b"p0001", encode_beat("p0001", 1, 1.0, [*good[:-1], 1e300])))
+    cases.append((b"p0001", encode_beat("p0001", 1, 1.0, [*good[:-1], True])))  # type: ignore[list-item]
+    cases.append((b"someone-else", encode_beat("p0001", 1, 1.0, good)))
+    cases.append((b"p0001", b"{" * 100_000))
+    return cases
+
+
+def test_poison_goes_to_the_dead_letter_topic_and_the_stream_goes_on(
+    kafka_bootstrap: str,
+    topics: Topics,
+    bundle: Path,
+    tmp_path: Path,
+    monitors: list[MonitorProcess],
+) -> None:
+    poison = _poison(140)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    for key, value in poison:
+        producer.send(topics.beats, key=key, value=value)
+    producer.flush()
+    producer.close()
+    replay(kafka_bootstrap, topics.beats, 200)
+
+    monitor = MonitorProcess(bundle, kafka_bootstrap, topics, tmp_path / "m.log", "g")
+    monitors.append(monitor)
+    assert len(read_topic(kafka_bootstrap, topics.scores, 200)) == 200
+    dead = read_topic(kafka_bootstrap, topics.dead, len(poison))
+    assert monitor.stop() == 0
+
+    assert [(r.key, r.value) for r in dead] == poison
+    for offset, record in enumerate(dead):
+        headers = {name: value.decode() for name, value in record.headers}
+        assert headers["beatmon.dlq.topic"] == topics.beats
+        assert headers["beatmon.dlq.partition"] == "0"
+        assert headers["beatmon.dlq.offset"] == str(offset)
+        assert headers["beatmon.dlq.reason"]
+    assert "dead-lettered: topic=" in monitor.text()
+    assert f"dead_lettered={len(poison)}" in monitor.text()
+
+
+def test_sigkill_mid_stream_loses_no_beat(
+    kafka_bootstrap: str,
+    topics: Topics,
+    bundle: Path,
+    tmp_path: Path,
+    monitors: list[MonitorProcess],
+) -> None:
+    total = 3000
+    replay(kafka_bootstrap, topics.beats, total)
+    log = tmp_path / "m.log"
+    first = MonitorProcess(
+        bundle,
+        kafka_bootstrap,
+        topics,
+        log,
+        "g",
+        "--max-batch",
+        "16",
+        "--max-wait-ms",
+        "5",
+    )
+    monitors.append(first)
+    read_topic(kafka_bootstrap, topics.scores, 300)
+    first.stop(signal.SIGKILL)
+    before = scored_pairs(kafka_bootstrap, topics.scores, 300)
+    assert 300 <= len(set(before)) < total, "the kill should land mid-stream"
+
+    second = MonitorProcess(bundle, kafka_bootstrap, topics, log, "g")
+    monitors.append(second)
+    pairs = scored_pairs(kafka_bootstrap, topics.scores, total)
+    assert second.stop() == 0
+    sent = {
+        (beat.patient, beat.seq)
+        for beat in (
+            decode_beat(r.value)
+            for r in read_topic(kafka_bootstrap, topics.beats, total)
+        )
+    }
+    assert len(sent) == total
+    assert set(pairs) == sent
+
+
+@pytest.mark.parametrize("topics", [4], indirect=True)
+def test_two_monitors_share_partitions_and_hand_over(
+    kafka_bootstrap: str,
+    topics: Topics,
+    bundle: Path,
+    tmp_path: Path,
+    monitors: list[MonitorProcess],
+) -> None:
+    a = MonitorProcess(bundle, kafka_bootstrap, topics, tmp_path / "a.log", "g")
+    monitors.append(a)
+    a.wait_for_log("partitions assigned: " + topics.beats)
+    b = MonitorProcess(bundle, kafka_bootstrap, topics, tmp_path / "b.log", "g")
+    monitors.append(b)
+    b.wait_for_log("partitions assigned: " + topics.beats)
+    time.sleep(1.0)
+
+    replay(kafka_bootstrap, topics.beats, 1000, "--patient-prefix", "a")
+    scored_pairs(kafka_bootstrap, topics.scores, 1000)
+    assert a.stop() == 0
+    assert "monitor stopped: scored=0 " not in a.text()
+    b.wait_for_log(
+        f"partitions assigned: {topics.beats}[0], {topics.beats}[1], "
+        f"{topics.beats}[2], {topics.beats}[3]"
+    )
+
+    replay(kafka_bootstrap, topics.beats, 1000, "--patient-prefix", "b")
+    pairs = scored_pairs(kafka_bootstrap, topics.scores, 2000)
+    assert b.stop() == 0
+    assert "monitor stopped: scored=0 " not in b.text()
+    sent = [
+        (beat.patient, beat.seq)
+        for beat in (
+            decode_beat(r.value)
+            for r in read_topic(kafka_bootstrap, topics.beats, 2000)
+        )
+    ]
+    assert len(sent) == 2000
+    assert set(pairs) >= set(sent)
