@@ -19,3 +19,7 @@ class MessageError(BeatmonError):
 
 class ConfigError(BeatmonError):
     """A setting is unknown, of the wrong type or out of range."""
+
+
+class TransportError(BeatmonError):
+    """A message broker cannot be reached, or refuses or loses messages."""
