@@ -70,10 +70,10 @@ def run(args: argparse.Namespace) -> int:
     """Run until SIGINT or SIGTERM; 0 after a clean drain."""
     from kafka.errors import KafkaError
 
+    from beatmon.shutdown import stop_on_signals
     from models.bundle import load_serving_bundle
     from models.scoring import limit_blas_threads
     from monitor.service import Monitor, MonitorConfig, make_consumer, make_producer
-    from producers.cli import stop_on_signals
 
     if args.max_batch < 1 or args.max_wait_ms < 0:
         raise TransportError(

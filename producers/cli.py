@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from beatmon.cli import _add_data_options, load_labelled
 from beatmon.errors import DataError, TransportError
+from beatmon.shutdown import stop_on_signals
 from producers import DEFAULT_TOPIC
 
 if TYPE_CHECKING:
@@ -136,6 +133,12 @@ def add_parser(subparsers: Any) -> None:
         help="simulated patients (100)",
     )
     p.add_argument(
+        "--patient-prefix",
+        default="p",
+        metavar="TEXT",
+        help="patient ids are TEXT0001, TEXT0002, ... (p)",
+    )
+    p.add_argument(
         "--seed", type=int, default=0, help="seed of heart rates and rhythm (0)"
     )
     pace = p.add_mutually_exclusive_group()
@@ -206,31 +209,5 @@ def replay_settings(args: argparse.Namespace) -> ReplaySettings:
         limit=args.limit,
         duration_s=args.duration,
         report_every_s=args.report_every,
+        patient_prefix=args.patient_prefix,
     )
-
-
-@contextmanager
-def stop_on_signals(stopping: threading.Event) -> Iterator[None]:
-    """Turn the first SIGINT or SIGTERM into ``stopping``; a second SIGINT aborts.
-
-    Outside the main thread signals cannot be caught, and this does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        if stopping.is_set() and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        logger.info("%s received: stopping after flushing", signal.Signals(signum).name)
-        stopping.set()
-
-    previous = {
-        signum: signal.signal(signum, handle)
-        for signum in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import logging
 import math
+import re
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from producers import DEFAULT_TOPIC
 logger = logging.getLogger(__name__)
 
 MIN_PATIENT_ID_DIGITS = 4
+PATIENT_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,16}")
 # Longest single sleep, so a stop request is honoured within this time.
 MAX_SLEEP_S = 0.1
 
@@ -55,12 +57,16 @@ class Rhythm:
     breath_period_s: tuple[float, float] = (3.0, 5.0)
 
 
-def patient_ids(count: int) -> list[str]:
-    """Ids ``p0001`` to ``pNNNN``, zero-padded to the width of ``count``."""
+def patient_ids(count: int, prefix: str = "p") -> list[str]:
+    """Ids ``p0001`` to ``pNNNN``, zero-padded to the width of ``count``.
+
+    Another ``prefix`` keeps the patients of two replays apart, for example
+    two wards feeding one topic.
+    """
     if count < 1:
         raise ConfigError(f"need at least one patient, got {count}")
     width = max(MIN_PATIENT_ID_DIGITS, len(str(count)))
-    return [f"p{i:0{width}d}" for i in range(1, count + 1)]
+    return [f"{prefix}{i:0{width}d}" for i in range(1, count + 1)]
 
 
 def draw_heart_rates(
@@ -187,8 +193,14 @@ class ReplaySettings:
     report_every_s: float = 5.0
     flush_timeout_s: float = 30.0
     rhythm: Rhythm = Rhythm()
+    patient_prefix: str = "p"
 
     def __post_init__(self) -> None:
+        if not PATIENT_PREFIX.fullmatch(self.patient_prefix):
+            raise ConfigError(
+                f"patient_prefix {self.patient_prefix!r} must be 1 to 16 letters, "
+                "digits, '-' or '_'"
+            )
         if self.patients < 1:
             raise ConfigError(f"patients must be at least 1, got {self.patients}")
         if self.speed is not None and not self.speed > 0:
@@ -261,7 +273,7 @@ def replay(
         raise DataError(f"{rows.source} has no beats to replay")
     topic = settings.topic
     schedule = BeatSchedule(settings.patients, settings.seed, settings.rhythm)
-    ids = patient_ids(settings.patients)
+    ids = patient_ids(settings.patients, settings.patient_prefix)
     keys = [patient.encode() for patient in ids]
     partitions = _partitions(producer, topic, keys)
     seqs = [0] * settings.patients

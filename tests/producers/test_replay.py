@@ -541,3 +541,9 @@ def test_a_labelled_file_still_needs_its_normal_label(tmp_path: Path) -> None:
     labelled.write_text("\n".join(",".join(["0.5"] * 9 + ["1"]) for _ in range(3)))
     with pytest.raises(DataError, match="--normal-label"):
         load_replay_beats(parse("--data", str(labelled)))
+
+
+def test_patient_prefix_keeps_two_wards_apart() -> None:
+    assert patient_ids(3, "icu-") == ["icu-0001", "icu-0002", "icu-0003"]
+    with pytest.raises(ConfigError, match="patient_prefix"):
+        ReplaySettings(patient_prefix="a/b")
