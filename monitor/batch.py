@@ -61,6 +61,7 @@ class ScoredBatch:
     """What one batch gave: the valid beats with their scores, and the rejects."""
 
     beats: list[Beat]
+    partitions: list[int]
     errors: np.ndarray
     flagged: np.ndarray
     profiles: np.ndarray
@@ -78,9 +79,13 @@ class ScoredBatch:
 
 def decode_records(
     records: Sequence[Record], length: int
-) -> tuple[list[Beat], list[DeadLetter]]:
-    """Decode every record; the ones that are not valid beats become dead letters."""
+) -> tuple[list[Beat], list[int], list[DeadLetter]]:
+    """Decode every record; the ones that are not valid beats become dead letters.
+
+    Returns the beats, the partition each came from, and the dead letters.
+    """
     beats: list[Beat] = []
+    partitions: list[int] = []
     dead: list[DeadLetter] = []
     for record in records:
         try:
@@ -94,7 +99,8 @@ def decode_records(
             dead.append(DeadLetter(record, str(exc)))
             continue
         beats.append(beat)
-    return beats, dead
+        partitions.append(record.partition)
+    return beats, partitions, dead
 
 
 def score_records(
@@ -105,7 +111,7 @@ def score_records(
     clock: Callable[[], float] = time.time,
 ) -> ScoredBatch:
     """Decode and score a batch in one call to the scorer, and build its alerts."""
-    beats, dead = decode_records(records, scorer.length)
+    beats, partitions, dead = decode_records(records, scorer.length)
     started = time.perf_counter()
     if beats:
         scores = scorer.score(np.stack([beat.samples for beat in beats]))
@@ -135,6 +141,7 @@ def score_records(
     ]
     return ScoredBatch(
         beats=beats,
+        partitions=partitions,
         errors=errors,
         flagged=flagged,
         profiles=profiles,

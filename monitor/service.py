@@ -12,22 +12,30 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from beatmon.errors import TransportError
+from beatmon.errors import MessageError, TransportError
 from models.bundle import ServingBundle
+from monitor.alarms import AlarmEvent, AlarmPolicy
 from monitor.batch import Record, ScoredBatch, score_message, score_records
+from monitor.topics import read_latest_by_key
 
 logger = logging.getLogger(__name__)
 
+# One message to produce: topic, key, value, headers.
+Outgoing = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
+
 IDLE_POLL_MS = 100
+LATENCY_SAMPLES = 100_000
 LOGGED_DEAD_LETTERS_PER_REPORT = 10
 
 
@@ -44,6 +52,8 @@ class MonitorConfig:
     alerts_topic: str = "beatmon.alerts"
     dead_letter_topic: str = "beatmon.beats.dlq"
     scores_topic: str | None = None
+    alarms_topic: str = "beatmon.alarms"
+    alarm_state_topic: str = "beatmon.alarm-state"
     group_id: str = "beatmon-monitor"
     client_id: str = "beatmon-monitor"
     max_batch: int = 512
@@ -51,6 +61,7 @@ class MonitorConfig:
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 45_000
     delivery_timeout_s: float = 120.0
+    checkpoint_interval_ms: int = 250
     report_every_s: float = 10.0
     kafka_options: dict[str, Any] = field(default_factory=dict)
 
@@ -63,19 +74,55 @@ class BatchObserver(Protocol):
 
 @dataclass
 class MonitorStats:
-    """Running totals since the monitor started."""
+    """Running totals since the monitor started, for the log and the summary."""
 
     records: int = 0
     scored: int = 0
     flagged: int = 0
     dead_lettered: int = 0
+    alarms: int = 0
     batches: int = 0
     commit_failures: int = 0
     started_at: float = field(default_factory=time.monotonic)
+    # Counts of (truth, predicted) for beats that carried ground truth.
+    truth: Counter[tuple[str, str]] = field(default_factory=Counter)
+    latencies_s: deque[float] = field(
+        default_factory=lambda: deque(maxlen=LATENCY_SAMPLES)
+    )
+
+    def add(self, batch: ScoredBatch) -> None:
+        self.records += batch.records
+        self.scored += len(batch.beats)
+        self.flagged += len(batch.alerts)
+        self.dead_lettered += len(batch.dead_letters)
+        self.batches += 1
+        for beat, flagged in zip(batch.beats, batch.flagged, strict=True):
+            if beat.truth is not None:
+                self.truth[beat.truth, "abnormal" if flagged else "normal"] += 1
+        self.latencies_s.extend(batch.latencies_s.tolist())
+
+    def sensitivity(self) -> float | None:
+        tp, fn = self.truth["abnormal", "abnormal"], self.truth["abnormal", "normal"]
+        return tp / (tp + fn) if tp + fn else None
+
+    def false_alarm_rate(self) -> float | None:
+        fp, tn = self.truth["normal", "abnormal"], self.truth["normal", "normal"]
+        return fp / (fp + tn) if fp + tn else None
+
+    def latency_quantile_s(self, q: float) -> float | None:
+        """Latency quantile over the most recent beats (up to LATENCY_SAMPLES)."""
+        return float(np.quantile(self.latencies_s, q)) if self.latencies_s else None
 
 
-class _Revocations(ConsumerRebalanceListener):
-    """Logs partition changes; the loop drops records of revoked partitions."""
+class Rebalances(ConsumerRebalanceListener):
+    """Logs partition changes and tells the loop to reload the alarm state.
+
+    It runs on the consumer's network thread, so it only sets a flag; the
+    loop drops records of revoked partitions and reloads state itself.
+    """
+
+    def __init__(self) -> None:
+        self.assigned = threading.Event()
 
     def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         if revoked:
@@ -83,6 +130,7 @@ class _Revocations(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         logger.info("partitions assigned: %s", _partitions(assigned))
+        self.assigned.set()
 
     def on_partitions_lost(self, lost: Sequence[TopicPartition]) -> None:
         logger.warning(
@@ -96,7 +144,9 @@ def _partitions(parts: Sequence[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(parts)) or "none"
 
 
-def make_consumer(config: MonitorConfig) -> KafkaConsumer:
+def make_consumer(
+    config: MonitorConfig, listener: ConsumerRebalanceListener | None = None
+) -> KafkaConsumer:
     """A consumer in the monitor's group with manual commits and bounded polls."""
     consumer = KafkaConsumer(
         bootstrap_servers=config.bootstrap_servers,
@@ -110,7 +160,7 @@ def make_consumer(config: MonitorConfig) -> KafkaConsumer:
         fetch_max_wait_ms=max(config.max_wait_ms, 5),
         **config.kafka_options,
     )
-    consumer.subscribe([config.beats_topic], listener=_Revocations())
+    consumer.subscribe([config.beats_topic], listener=listener or Rebalances())
     return consumer
 
 
@@ -127,8 +177,31 @@ def make_producer(config: MonitorConfig) -> KafkaProducer:
     )
 
 
+class AlarmSink(Protocol):
+    """Where patient alarms go besides Kafka (the MQTT publisher)."""
+
+    def publish_alarm(self, patient: str, payload: bytes) -> None: ...
+
+    def set_status(self, patient: str, payload: bytes) -> None: ...
+
+
+class Metrics(BatchObserver, Protocol):
+    """The Prometheus side of the monitor (see monitor.metrics)."""
+
+    def count_alarm(self, channel: str, priority: str) -> None: ...
+
+    def set_lag(self, lags: dict[int, int]) -> None: ...
+
+
 class Monitor:
-    """Scores beats from a topic with one model; see the module docstring."""
+    """Scores beats from a topic with one model; see the module docstring.
+
+    With an alarm policy, each batch's alarm events go to the alarm topic
+    with its alerts. Every ``checkpoint_interval_ms`` the policy state of the
+    patients touched since the last checkpoint is written to the compacted
+    alarm-state topic and acknowledged, and only then are the offsets
+    committed, so state and offsets always agree after a restart.
+    """
 
     def __init__(
         self,
@@ -136,6 +209,11 @@ class Monitor:
         model: ServingBundle,
         consumer: KafkaConsumer,
         producer: KafkaProducer,
+        *,
+        alarms: AlarmPolicy | None = None,
+        alarm_sink: AlarmSink | None = None,
+        metrics: Metrics | None = None,
+        rebalances: Rebalances | None = None,
         observers: Sequence[BatchObserver] = (),
         clock: Callable[[], float] = time.time,
         stop_event: threading.Event | None = None,
@@ -144,11 +222,18 @@ class Monitor:
         self.model = model
         self.consumer = consumer
         self.producer = producer
-        self.observers = list(observers)
+        self.alarms = alarms
+        self.alarm_sink = alarm_sink
+        self.metrics = metrics
+        self.rebalances = rebalances
+        self.observers = [*observers, *([metrics] if metrics else [])]
         self.clock = clock
         self.stats = MonitorStats()
         self._stop = stop_event or threading.Event()
         self._report = _Reporter(config.report_every_s)
+        self._pending: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._touched: dict[str, TopicPartition] = {}
+        self._checkpointed_at = time.monotonic()
 
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand, commit, and return."""
@@ -158,7 +243,7 @@ class Monitor:
         """Consume until :meth:`stop`; returns the totals."""
         logger.info(
             "monitor started: model=%s version=%s threshold=%.6g topic=%s group=%s "
-            "max_batch=%d max_wait_ms=%d",
+            "max_batch=%d max_wait_ms=%d alarms=%s",
             self.model.name,
             self.model.version,
             self.model.threshold,
@@ -166,12 +251,18 @@ class Monitor:
             self.config.group_id,
             self.config.max_batch,
             self.config.max_wait_ms,
+            "on" if self.alarms else "off",
         )
         while not self._stop.is_set():
             records = self._collect_batch()
             if records:
                 self.process(records)
-            self._report.maybe_log(self.stats)
+            if self._pending and self._checkpoint_due():
+                self.checkpoint()
+            if self._report.due():
+                self._update_gauges()
+                self._report.log(self.stats)
+        self.checkpoint()
         self._report.log(self.stats, final=True)
         return self.stats
 
@@ -205,7 +296,13 @@ class Monitor:
         return batch
 
     def process(self, records: Sequence[Record]) -> ScoredBatch | None:
-        """Score one batch, publish its output, wait for acks, then commit."""
+        """Score one batch, publish its output and wait for the broker's acks.
+
+        The batch's offsets are committed at the next checkpoint.
+        """
+        if self.rebalances and self.rebalances.assigned.is_set():
+            self.rebalances.assigned.clear()
+            self._reload_alarm_state()
         owned = self.consumer.assignment()
         kept = [r for r in records if TopicPartition(r.topic, r.partition) in owned]
         if len(kept) < len(records):
@@ -220,86 +317,189 @@ class Monitor:
         batch = score_records(
             kept, self.model.scorer, self.model.name, self.model.version, self.clock
         )
-        self._publish(batch)
-        self._commit(kept)
+        events = self.alarms.apply(batch.beats, batch.flagged) if self.alarms else []
+        self._publish(batch, events)
+        batch.acked_at = self.clock()
 
-        self.stats.records += batch.records
-        self.stats.scored += len(batch.beats)
-        self.stats.flagged += len(batch.alerts)
-        self.stats.dead_lettered += len(batch.dead_letters)
-        self.stats.batches += 1
+        for record in kept:
+            tp = TopicPartition(record.topic, record.partition)
+            if tp not in self._pending or self._pending[tp].offset <= record.offset:
+                self._pending[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+        if self.alarms:
+            for beat, partition in zip(batch.beats, batch.partitions, strict=True):
+                self._touched[beat.patient] = TopicPartition(
+                    self.config.beats_topic, partition
+                )
+
+        self.stats.add(batch)
+        self.stats.alarms += len(events)
         for dead in batch.dead_letters:
             self._report.dead_letter(dead.record, dead.reason)
+        for event in events:
+            self._hand_over_alarm(event)
         for observer in self.observers:
             observer.on_batch(batch)
         return batch
 
-    def _publish(self, batch: ScoredBatch) -> None:
-        config = self.config
-        futures = []
-        for alert in batch.alerts:
-            futures.append(
-                self.producer.send(
-                    config.alerts_topic,
-                    value=alert.encode(),
-                    key=alert.patient.encode(),
-                )
+    def _hand_over_alarm(self, event: AlarmEvent) -> None:
+        logger.info(
+            "alarm %s: patient=%s priority=%s episode=%s seq=%d flagged=%d/%d",
+            event.kind,
+            event.patient,
+            event.priority,
+            event.episode_id[:12],
+            event.seq,
+            event.flagged_in_window,
+            event.window,
+        )
+        if self.metrics:
+            self.metrics.count_alarm("kafka", event.priority)
+        if self.alarm_sink and self.alarms:
+            self.alarm_sink.publish_alarm(event.patient, event.encode())
+            self.alarm_sink.set_status(
+                event.patient, self.alarms.status_payload(event.patient)
             )
-        for dead in batch.dead_letters:
-            futures.append(
-                self.producer.send(
-                    config.dead_letter_topic,
-                    value=dead.record.value,
-                    key=dead.record.key,
-                    headers=dead.headers(),
-                )
-            )
-        if config.scores_topic:
-            for i, beat in enumerate(batch.beats):
-                futures.append(
-                    self.producer.send(
-                        config.scores_topic,
-                        value=score_message(
-                            beat,
-                            float(batch.errors[i]),
-                            bool(batch.flagged[i]),
-                            self.model.version,
-                        ),
-                        key=beat.patient.encode(),
-                    )
-                )
-        if futures:
-            try:
-                self.producer.flush(timeout=config.delivery_timeout_s)
-            except KafkaError as exc:
-                raise DeliveryError(
-                    f"Kafka did not acknowledge {len(futures)} messages within "
-                    f"{config.delivery_timeout_s:g} s: {exc}; offsets not committed"
-                ) from exc
-            failed = [f.exception for f in futures if not f.succeeded()]
-            if failed:
-                raise DeliveryError(
-                    f"Kafka refused {len(failed)} of {len(futures)} messages "
-                    f"(first: {failed[0]!r}); offsets not committed"
-                )
-        batch.acked_at = self.clock()
+            if self.metrics:
+                self.metrics.count_alarm("mqtt", event.priority)
 
-    def _commit(self, records: Sequence[Record]) -> None:
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        for record in records:
-            tp = TopicPartition(record.topic, record.partition)
-            if tp not in offsets or offsets[tp].offset <= record.offset:
-                offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+    def _publish(self, batch: ScoredBatch, events: Sequence[AlarmEvent]) -> None:
+        config = self.config
+        sends: list[Outgoing] = [
+            (config.alerts_topic, a.patient.encode(), a.encode(), [])
+            for a in batch.alerts
+        ]
+        sends += [
+            (config.dead_letter_topic, d.record.key, d.record.value, d.headers())
+            for d in batch.dead_letters
+        ]
+        sends += [
+            (config.alarms_topic, e.patient.encode(), e.encode(), []) for e in events
+        ]
+        if config.scores_topic:
+            sends += [
+                (
+                    config.scores_topic,
+                    beat.patient.encode(),
+                    score_message(
+                        beat,
+                        float(batch.errors[i]),
+                        bool(batch.flagged[i]),
+                        self.model.version,
+                    ),
+                    [],
+                )
+                for i, beat in enumerate(batch.beats)
+            ]
+        self._send_and_wait(sends)
+
+    def _send_and_wait(
+        self,
+        sends: Sequence[
+            tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
+        ],
+    ) -> None:
+        """Send every message and return once the broker acknowledged them all."""
+        if not sends:
+            return
+        futures = [
+            self.producer.send(topic, value=value, key=key, headers=headers or None)
+            for topic, key, value, headers in sends
+        ]
+        timeout_s = self.config.delivery_timeout_s
+        try:
+            self.producer.flush(timeout=timeout_s)
+        except KafkaError as exc:
+            raise DeliveryError(
+                f"Kafka did not acknowledge {len(futures)} messages within "
+                f"{timeout_s:g} s: {exc}; offsets not committed"
+            ) from exc
+        failed = [f.exception for f in futures if not f.succeeded()]
+        if failed:
+            raise DeliveryError(
+                f"Kafka refused {len(failed)} of {len(futures)} messages "
+                f"(first: {failed[0]!r}); offsets not committed"
+            )
+
+    def _checkpoint_due(self) -> bool:
+        if self.alarms is None:
+            return True
+        elapsed_ms = (time.monotonic() - self._checkpointed_at) * 1000
+        return elapsed_ms >= self.config.checkpoint_interval_ms
+
+    def checkpoint(self) -> None:
+        """Save the touched patients' alarm state, then commit the offsets.
+
+        Work on partitions this monitor no longer owns is left to their new
+        owner: it is neither saved nor committed here, and those beats are
+        scored again there, with the same alert and episode ids.
+        """
+        self._checkpointed_at = time.monotonic()
+        owned = self.consumer.assignment()
+        if self.alarms and self._touched:
+            states: list[Outgoing] = [
+                (self.config.alarm_state_topic, p.encode(), self.alarms.snapshot(p), [])
+                for p, tp in self._touched.items()
+                if tp in owned
+            ]
+            for patient, tp in self._touched.items():
+                if tp not in owned:
+                    self.alarms.forget(patient)
+            self._touched.clear()
+            self._send_and_wait(states)
+        offsets = {tp: om for tp, om in self._pending.items() if tp in owned}
+        self._pending.clear()
+        if not offsets:
+            return
         try:
             self.consumer.commit(offsets)
         except KafkaError as exc:
             self.stats.commit_failures += 1
             logger.warning(
-                "commit failed after the batch was delivered (%s); its %d beats "
-                "will be scored again, with the same alert ids",
+                "commit failed after the output was delivered (%s); the beats since "
+                "the last commit will be scored again, with the same alert ids",
                 exc,
-                len(records),
             )
+
+    def _reload_alarm_state(self) -> None:
+        if self.alarms is None:
+            return
+        started = time.monotonic()
+        states = read_latest_by_key(
+            self.config.bootstrap_servers,
+            self.config.alarm_state_topic,
+            kafka_options=self.config.kafka_options,
+        )
+        restored = 0
+        for patient, payload in states.items():
+            try:
+                self.alarms.restore(patient, payload)
+                restored += 1
+            except MessageError as exc:
+                logger.warning(
+                    "alarm state of patient=%s not restored: %s; it starts afresh",
+                    patient,
+                    exc,
+                )
+        logger.info(
+            "alarm state restored: patients=%d topic=%s seconds=%.2f",
+            restored,
+            self.config.alarm_state_topic,
+            time.monotonic() - started,
+        )
+
+    def _update_gauges(self) -> None:
+        if self.metrics is None:
+            return
+        lags: dict[int, int] = {}
+        for tp in self.consumer.assignment():
+            highwater = self.consumer.highwater(tp)
+            if highwater is not None:
+                lags[tp.partition] = max(highwater - self.consumer.position(tp), 0)
+        self.metrics.set_lag(lags)
+
+
+def _fmt(value: float | None, scale: float, spec: str) -> str:
+    return "n/a" if value is None else format(value * scale, spec)
 
 
 class _Reporter:
@@ -326,9 +526,8 @@ class _Reporter:
         else:
             self._dead_unlogged += 1
 
-    def maybe_log(self, stats: MonitorStats) -> None:
-        if time.monotonic() - self._last_at >= self.every_s:
-            self.log(stats)
+    def due(self) -> bool:
+        return time.monotonic() - self._last_at >= self.every_s
 
     def log(self, stats: MonitorStats, final: bool = False) -> None:
         now = time.monotonic()
@@ -337,13 +536,19 @@ class _Reporter:
         if final:
             total = max(now - stats.started_at, 1e-9)
             logger.info(
-                "monitor stopped: scored=%d flagged=%d dead_lettered=%d batches=%d "
-                "mean_rate=%.0f/s",
+                "monitor stopped: scored=%d flagged=%d dead_lettered=%d alarms=%d "
+                "batches=%d mean_rate=%.0f/s p50_latency_ms=%s p99_latency_ms=%s "
+                "sensitivity=%s false_alarm_rate=%s",
                 stats.scored,
                 stats.flagged,
                 stats.dead_lettered,
+                stats.alarms,
                 stats.batches,
                 stats.scored / total,
+                _fmt(stats.latency_quantile_s(0.5), 1000, ".1f"),
+                _fmt(stats.latency_quantile_s(0.99), 1000, ".1f"),
+                _fmt(stats.sensitivity(), 1, ".4f"),
+                _fmt(stats.false_alarm_rate(), 1, ".4f"),
             )
         elif stats.records > self._last_records:
             logger.info(

@@ -13,6 +13,7 @@ from beatmon.cli import quiet_tensorflow
 quiet_tensorflow()
 
 from models.data import BUILTIN, BeatSet, load_beats  # noqa: E402
+from tests.services import PrometheusServer  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -58,3 +59,58 @@ def kafka_bootstrap() -> Iterator[str]:
         yield f"127.0.0.1:{TEST_KAFKA_PORT}"
     finally:
         kafka("stop")
+
+
+@pytest.fixture(scope="session")
+def prometheus_server() -> Iterator[PrometheusServer]:
+    """A real Prometheus for the session, with the rules of config/prometheus.
+
+    It scrapes ``127.0.0.1:<metrics_port>`` every second as the job
+    ``beatmon-monitor``; a test serves its metrics on that port. The data
+    folder is emptied first, so no series from an earlier session shows up.
+    """
+    import shutil
+
+    from tests.services import (
+        PROMETHEUS_MISSING,
+        REPO,
+        TEST_PROMETHEUS_PORT,
+        free_port,
+        prometheus,
+        prometheus_test_config,
+    )
+
+    for tool in ("prometheus", "promtool"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} not found: {PROMETHEUS_MISSING}")
+    metrics_port = free_port()
+    run_dir = REPO / ".cache" / "prometheus" / f"test-run-{TEST_PROMETHEUS_PORT}"
+    env = {
+        "PROMETHEUS_PORT": str(TEST_PROMETHEUS_PORT),
+        "PROMETHEUS_RUN_DIR": str(run_dir),
+        "PROMETHEUS_CONFIG": str(run_dir / "prometheus.yml"),
+    }
+    prometheus("stop", env)
+    shutil.rmtree(run_dir / "data", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "prometheus.yml").write_text(
+        prometheus_test_config([f"127.0.0.1:{metrics_port}"])
+    )
+    prometheus("start", env)
+    try:
+        yield PrometheusServer(TEST_PROMETHEUS_PORT, metrics_port)
+    finally:
+        prometheus("stop", env)
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker() -> Iterator[tuple[str, int]]:
+    """A real Mosquitto for the whole session, on loopback: (host, port)."""
+    from tests.services import TEST_MQTT_PORT, mosquitto
+
+    mosquitto("install")
+    mosquitto("start")
+    try:
+        yield "127.0.0.1", TEST_MQTT_PORT
+    finally:
+        mosquitto("stop")

@@ -1,7 +1,8 @@
 """Real services for integration tests, started once per test session.
 
-Kafka runs through ``scripts/kafka`` on its own port, so a developer's
-broker on the default port is left alone. Each test makes its own topics.
+Kafka runs through ``scripts/kafka`` and Mosquitto through
+``scripts/mosquitto``, each on its own port, so a developer's brokers on the
+default ports are left alone. Each test makes its own topics.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ import os
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_SCRIPT = REPO / "scripts" / "kafka"
 TEST_KAFKA_PORT = int(os.environ.get("BEATMON_TEST_KAFKA_PORT", "39092"))
+MOSQUITTO_SCRIPT = REPO / "scripts" / "mosquitto"
+TEST_MQTT_PORT = int(os.environ.get("BEATMON_TEST_MQTT_PORT", "31883"))
 
 
 def kafka_env(port: int = TEST_KAFKA_PORT) -> dict[str, str]:
@@ -37,6 +41,40 @@ def kafka(command: str, port: int = TEST_KAFKA_PORT) -> None:
         )
 
 
+def mosquitto(
+    command: str,
+    port: int = TEST_MQTT_PORT,
+    *,
+    users: str | None = None,
+    run_dir: Path | None = None,
+    persistence: bool = False,
+) -> None:
+    """Run ``scripts/mosquitto COMMAND`` for a test broker; fail loudly.
+
+    ``users`` is ``MOSQUITTO_USERS`` ("user:password ..."); ``run_dir``
+    replaces the per-port folder under ``.cache/mosquitto``.
+    """
+    env = {**os.environ, "MOSQUITTO_PORT": str(port)}
+    env.pop("MOSQUITTO_PASSWORD_FILE", None)
+    env["MOSQUITTO_USERS"] = users or ""
+    env["MOSQUITTO_PERSISTENCE"] = "true" if persistence else "false"
+    if run_dir is not None:
+        env["MOSQUITTO_RUN_DIR"] = str(run_dir)
+    result = subprocess.run(
+        [str(MOSQUITTO_SCRIPT), command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"scripts/mosquitto {command} failed ({result.returncode}):\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
+
+
 def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
@@ -54,3 +92,89 @@ def create_topics(bootstrap: str, names: list[str], partitions: int = 1) -> None
         )
     finally:
         admin.close()
+
+
+# --- Prometheus ----------------------------------------------------------------
+
+PROMETHEUS_SCRIPT = REPO / "scripts" / "prometheus"
+PROMETHEUS_CONFIG_DIR = REPO / "config" / "prometheus"
+TEST_PROMETHEUS_PORT = int(os.environ.get("BEATMON_TEST_PROMETHEUS_PORT", "39090"))
+PROMETHEUS_MISSING = (
+    "prometheus and promtool must be on PATH for these tests; install them with "
+    "'scripts/prometheus install' as root (or apt-get install prometheus)"
+)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listened on a moment ago."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def prometheus(command: str, env: dict[str, str]) -> None:
+    """Run ``scripts/prometheus COMMAND`` with ``env``; fail loudly."""
+    result = subprocess.run(
+        [str(PROMETHEUS_SCRIPT), command],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"scripts/prometheus {command} failed ({result.returncode}):\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
+
+
+def prometheus_test_config(targets: list[str], interval_s: float = 1.0) -> str:
+    """config/prometheus/prometheus.yml, scraping ``targets`` every ``interval_s``.
+
+    The job name and the rules stay those of the real file.
+    """
+    import yaml
+
+    config = yaml.safe_load((PROMETHEUS_CONFIG_DIR / "prometheus.yml").read_text())
+    every = f"{int(interval_s * 1000)}ms"
+    config["global"].update(
+        scrape_interval=every, scrape_timeout=every, evaluation_interval=every
+    )
+    config["rule_files"] = [
+        str((PROMETHEUS_CONFIG_DIR / name).resolve()) for name in config["rule_files"]
+    ]
+    (job,) = config["scrape_configs"]
+    job["static_configs"] = [{"targets": targets}]
+    return str(yaml.safe_dump(config, sort_keys=False))
+
+
+class PrometheusServer:
+    """A running Prometheus, and the loopback port it scrapes for metrics."""
+
+    def __init__(self, port: int, metrics_port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.metrics_port = metrics_port
+
+    def api(self, path: str, **params: str) -> Any:
+        """GET ``/api/v1/<path>``; the ``data`` of a successful answer."""
+        import json
+        import urllib.parse
+        import urllib.request
+
+        query = urllib.parse.urlencode(params)
+        url = f"{self.url}/api/v1/{path}" + (f"?{query}" if query else "")
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.load(response)
+        if body.get("status") != "success":
+            raise RuntimeError(f"Prometheus answered {body} to {url}")
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """The instant vector (or scalar, as one element) of ``expr`` now."""
+        data = self.api("query", query=expr)
+        if data["resultType"] in ("scalar", "string"):
+            return [{"metric": {}, "value": data["result"]}]
+        return list(data["result"])
