@@ -52,16 +52,15 @@ def test_local_and_compose_configs_differ_only_in_their_targets() -> None:
     local, compose = (
         yaml.safe_load((PROMETHEUS_CONFIG_DIR / name).read_text()) for name in CONFIGS
     )
-    targets = []
-    for config in (local, compose):
-        (job,) = config["scrape_configs"]
-        assert job["job_name"] == "beatmon-monitor"
-        targets.append(job.pop("static_configs"))
-    assert local == compose
-    assert targets == [
-        [{"targets": ["127.0.0.1:9108"]}],
-        [{"targets": ["monitor:9108"]}],
+    (local_job,) = local["scrape_configs"]
+    (compose_job,) = compose["scrape_configs"]
+    assert local_job["job_name"] == compose_job["job_name"] == "beatmon-monitor"
+    assert local_job.pop("static_configs") == [{"targets": ["127.0.0.1:9108"]}]
+    # Every replica of a scaled monitor service is found through DNS.
+    assert compose_job.pop("dns_sd_configs") == [
+        {"names": ["monitor"], "type": "A", "port": 9108, "refresh_interval": "15s"}
     ]
+    assert local == compose
 
 
 def test_every_alert_rule_has_its_runbook_fields() -> None:
