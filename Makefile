@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 
-.PHONY: install lab test test-unit check format demo bench-lab clean
+.PHONY: install services lab test test-unit check format demo bench-lab bench-stream clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,17 +16,27 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The main job on built-in defaults.
-demo: lab
+# The main job on built-in defaults: Kafka, Mosquitto and Prometheus on this
+# machine, the reference model, a minute of replayed beats through the monitor,
+# and a summary. KEEP=1 leaves it all running.
+demo: $(STAMP)
+	scripts/demo
 
 # Train and evaluate the reference dense autoencoder on the bundled ECG5000.
 lab: $(STAMP)
 	$(BIN)/beatmon train --data ecg5000 --model dense --out $(RUNS)/dense
 	$(BIN)/beatmon evaluate --bundle $(RUNS)/dense
 
-# The whole suite: unit tests, then the integration tests against real services,
-# which the test session starts itself (see tests/conftest.py).
-test: $(STAMP)
+# The programs the integration tests run: Kafka from Maven Central, Mosquitto
+# and Prometheus from Debian (installed with apt-get when missing, as root).
+services:
+	scripts/kafka fetch
+	scripts/mosquitto install
+	scripts/prometheus install
+
+# The whole suite: unit tests, then the integration tests against the real
+# services, which the test session starts itself (see tests/conftest.py).
+test: $(STAMP) services
 	$(BIN)/pytest -q
 
 test-unit: $(STAMP)
@@ -43,6 +53,9 @@ format: $(STAMP)
 
 bench-lab: $(STAMP)
 	$(BIN)/python bench/lab.py
+
+bench-stream: $(STAMP)
+	$(BIN)/python bench/stream.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info
