@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, get_args
 
 from beatmon import __version__
 from beatmon.errors import BeatmonError
+from beatmon.settings import Layout, TrainerSettings, load_trainer_settings
 
 if TYPE_CHECKING:
     from models.data import BeatSet
@@ -51,20 +53,71 @@ def configure_logging(verbose: bool) -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
-def _add_data_options(
-    parser: argparse.ArgumentParser, *, required_labels: bool
+CONFIG_HELP = (
+    "settings file (default: config/beatmon.yaml if present, or $BEATMON_CONFIG)"
+)
+
+# Flag destination -> settings key, for the commands that read ``train.*``.
+# Flags default to None, so only the flags given override file and environment.
+TRAIN_FLAG_KEYS = {
+    "data": "train.data",
+    "layout": "train.layout",
+    "normal_label": "train.normal_label",
+    "model": "train.model",
+    "out": "train.out",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "patience": "train.patience",
+    "seed": "train.seed",
+    "threshold": "train.threshold",
+}
+# compare trains every variant of --models for seeds 0..N-1 into its own --out.
+COMPARE_FLAG_KEYS = {
+    dest: key
+    for dest, key in TRAIN_FLAG_KEYS.items()
+    if dest not in ("model", "out", "seed")
+}
+
+
+def field_defaults(cls: type) -> dict[str, Any]:
+    """The built-in default of each plain field of a settings class, for --help.
+
+    Read from the dataclass fields, so no settings object is built (and no
+    model code imported) just to print help.
+    """
+    return {
+        item.name: item.default
+        for item in dataclasses.fields(cls)
+        if item.default is not dataclasses.MISSING
+    }
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config FILE`` for a subcommand that reads the settings."""
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+
+
+def add_data_options(
+    parser: argparse.ArgumentParser,
+    *,
+    data_default: str,
+    layout_default: str,
+    required_labels: bool,
 ) -> None:
+    """Add --data, --layout and --normal-label, all defaulting to None.
+
+    The defaults given are only shown in the help.
+    """
     parser.add_argument(
         "--data",
-        default="ecg5000",
         help="beat file (UCR .tsv, binary .csv, plain .csv, optionally .gz), "
-        "or 'ecg5000' for the bundled set (default)",
+        f"or 'ecg5000' for the bundled set (default {data_default})",
     )
     parser.add_argument(
         "--layout",
-        choices=["auto", "ucr", "binary", "plain"],
-        default="auto",
-        help="file layout; 'auto' guesses from the name and contents (default)",
+        choices=get_args(Layout),
+        help="file layout; 'auto' guesses from the name and contents "
+        f"(default {layout_default})",
     )
     parser.add_argument(
         "--normal-label",
@@ -75,50 +128,81 @@ def _add_data_options(
 
 
 def load_labelled(
-    args: argparse.Namespace, fallback_label: str | None = None
+    data_spec: str,
+    layout: Layout,
+    normal_label: str | None,
+    fallback_label: str | None = None,
 ) -> tuple[BeatSet, str]:
-    """Read ``--data``, settle the normal label, and print the class counts."""
+    """Read ``data_spec``, settle the normal label, and log the class counts."""
     from models.data import describe_classes, load_beats, resolve_normal_label
 
-    data = load_beats(args.data, args.layout)
-    normal_label = resolve_normal_label(data, args.normal_label or fallback_label)
-    for line in describe_classes(data, normal_label):
+    data = load_beats(data_spec, layout)
+    label = resolve_normal_label(data, normal_label or fallback_label)
+    for line in describe_classes(data, label):
         if line.startswith("WARNING"):
             logger.warning("%s", line.removeprefix("WARNING").lstrip(": "))
         else:
             logger.info("%s", line)
-    return data, normal_label
+    return data, label
 
 
-def _train_config(args: argparse.Namespace) -> TrainConfig:
+def trainer_settings_from_args(
+    args: argparse.Namespace,
+    env: Mapping[str, str] | None = None,
+    *,
+    flag_keys: Mapping[str, str] = TRAIN_FLAG_KEYS,
+) -> TrainerSettings:
+    """The trainer's settings: file, then environment (``env`` or os.environ),
+    then the flags given."""
+    overrides = {key: getattr(args, dest) for dest, key in flag_keys.items()}
+    path = Path(args.config) if args.config else None
+    return load_trainer_settings(path, env, overrides)
+
+
+def train_config(settings: TrainerSettings) -> TrainConfig:
+    """The training hyper-parameters ``settings`` hold."""
     from models.threshold import ThresholdPolicy
     from models.train import TrainConfig
 
     return TrainConfig(
-        batch_size=args.batch_size,
-        max_epochs=args.epochs,
-        patience=args.patience,
-        seed=args.seed,
-        policy=ThresholdPolicy.parse(args.threshold),
+        batch_size=settings.batch_size,
+        max_epochs=settings.epochs,
+        patience=settings.patience,
+        seed=settings.seed,
+        policy=ThresholdPolicy.parse(settings.threshold),
     )
 
 
-def _add_training_options(parser: argparse.ArgumentParser) -> None:
-    from models.threshold import DEFAULT_POLICY
-
-    parser.add_argument("--epochs", type=int, default=50, help="most epochs (50)")
-    parser.add_argument("--batch-size", type=int, default=32, help="batch size (32)")
+def _add_training_options(parser: argparse.ArgumentParser, *, seed: bool) -> None:
+    d = field_defaults(TrainerSettings)
+    add_config_option(parser)
+    add_data_options(
+        parser,
+        data_default=d["data"],
+        layout_default=d["layout"],
+        required_labels=True,
+    )
     parser.add_argument(
-        "--patience", type=int, default=5, help="early-stopping patience in epochs (5)"
+        "--epochs", type=int, help=f"most epochs (default {d['epochs']})"
     )
-    parser.add_argument("--seed", type=int, default=0, help="split and weight seed (0)")
+    parser.add_argument(
+        "--batch-size", type=int, help=f"batch size (default {d['batch_size']})"
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        help=f"early-stopping patience in epochs (default {d['patience']})",
+    )
+    if seed:
+        parser.add_argument(
+            "--seed", type=int, help=f"split and weight seed (default {d['seed']})"
+        )
     parser.add_argument(
         "--threshold",
-        default=DEFAULT_POLICY,
         metavar="POLICY",
         help="threshold policy, calibrated on validation normals: "
         "false-alarm-rate:R, percentile:P or mean-std:K "
-        f"(default {DEFAULT_POLICY})",
+        f"(default {d['threshold']})",
     )
 
 
@@ -127,10 +211,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from models.bundle import save_bundle
     from models.train import summary_paragraph, train
 
-    spec = get_spec(args.model)
-    data, normal_label = load_labelled(args)
-    trained = train(data, normal_label, spec, _train_config(args))
-    path = save_bundle(trained, Path(args.out))
+    settings = trainer_settings_from_args(args)
+    logger.info("settings: %s", settings.describe())
+    spec = get_spec(settings.model)
+    data, normal_label = load_labelled(
+        settings.data, settings.layout, settings.normal_label
+    )
+    trained = train(data, normal_label, spec, train_config(settings))
+    path = save_bundle(trained, settings.out)
     print(summary_paragraph(trained))
     print(f"Bundle written to {path}.")
     return 0
@@ -141,9 +229,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from models.evaluate import evaluate
 
     bundle = load_bundle(Path(args.bundle))
-    if args.data is None:
-        args.data = bundle.metadata["data"]["source"]
-    data, normal_label = load_labelled(args, fallback_label=bundle.normal_label)
+    data_spec = args.data or bundle.metadata["data"]["source"]
+    data, normal_label = load_labelled(
+        data_spec, args.layout, args.normal_label, fallback_label=bundle.normal_label
+    )
     out = (
         Path(args.out) if args.out else bundle.path.parent / f"{bundle.path.name}-eval"
     )
@@ -171,9 +260,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         )
     if args.seeds < 2:
         raise BeatmonError("--seeds must be at least 2 to measure seed-to-seed noise")
-    data, normal_label = load_labelled(args)
+    settings = trainer_settings_from_args(args, flag_keys=COMPARE_FLAG_KEYS)
+    logger.info("settings: %s", settings.describe())
+    data, normal_label = load_labelled(
+        settings.data, settings.layout, settings.normal_label
+    )
     result = compare(
-        data, normal_label, specs, args.seeds, _train_config(args), Path(args.out)
+        data, normal_label, specs, args.seeds, train_config(settings), Path(args.out)
     )
     for name, stats in result["models"].items():
         print(
@@ -196,27 +289,46 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("train", help="train and calibrate one model, write a bundle")
-    p.add_argument("--model", default="dense", help="variant to train (dense, sparse)")
-    p.add_argument("--out", required=True, help="bundle folder to write")
-    _add_data_options(p, required_labels=True)
-    _add_training_options(p)
+    d = field_defaults(TrainerSettings)
+    p = sub.add_parser(
+        "train",
+        help="train and calibrate one model, write a bundle",
+        description="Train one autoencoder on normal beats, calibrate its "
+        "threshold and write a bundle. Settings come from the file (train "
+        "section), then BEATMON_TRAIN__* variables, then these flags; the "
+        "defaults shown are the built-in ones.",
+    )
+    p.add_argument(
+        "--model", help=f"variant to train: dense or sparse (default {d['model']})"
+    )
+    p.add_argument("--out", help=f"bundle folder to write (default {d['out']})")
+    _add_training_options(p, seed=True)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a bundle and write a report")
     p.add_argument("--bundle", required=True, help="bundle folder to evaluate")
     p.add_argument("--out", help="report folder (default: BUNDLE-eval beside it)")
-    _add_data_options(p, required_labels=False)
-    p.set_defaults(data=None, func=cmd_evaluate)
+    add_data_options(
+        p,
+        data_default="the data the bundle was trained on",
+        layout_default="auto",
+        required_labels=False,
+    )
+    p.set_defaults(layout="auto", func=cmd_evaluate)
 
-    p = sub.add_parser("compare", help="compare variants over several seeds")
+    p = sub.add_parser(
+        "compare",
+        help="compare variants over several seeds",
+        description="Train each variant for seeds 0..N-1 and compare them, paired "
+        "by seed. Data and training numbers come from the train settings "
+        "(file, then BEATMON_TRAIN__* variables), then these flags.",
+    )
     p.add_argument("--models", default="dense,sparse", help="comma-separated variants")
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (5)")
     p.add_argument(
         "--out", required=True, help="folder for compare.json and compare.md"
     )
-    _add_data_options(p, required_labels=True)
-    _add_training_options(p)
+    _add_training_options(p, seed=False)
     p.set_defaults(func=cmd_compare)
 
     from producers.cli import add_parser as add_replay_parser

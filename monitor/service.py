@@ -13,9 +13,9 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -25,7 +25,7 @@ from kafka.structs import OffsetAndMetadata
 
 from beatmon.errors import MessageError, TransportError
 from models.bundle import ServingBundle
-from monitor.alarms import AlarmEvent, AlarmPolicy
+from monitor.alarms import AlarmEvent, AlarmPolicy, Priority
 from monitor.batch import Record, ScoredBatch, score_message, score_records
 from monitor.topics import read_latest_by_key
 
@@ -81,6 +81,7 @@ class MonitorStats:
     flagged: int = 0
     dead_lettered: int = 0
     alarms: int = 0
+    alarms_by_priority: Counter[str] = field(default_factory=Counter)
     batches: int = 0
     commit_failures: int = 0
     started_at: float = field(default_factory=time.monotonic)
@@ -129,7 +130,8 @@ class Rebalances(ConsumerRebalanceListener):
             logger.info("partitions revoked: %s", _partitions(revoked))
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        logger.info("partitions assigned: %s", _partitions(assigned))
+        if assigned:
+            logger.info("partitions assigned: %s", _partitions(assigned))
         self.assigned.set()
 
     def on_partitions_lost(self, lost: Sequence[TopicPartition]) -> None:
@@ -188,9 +190,11 @@ class AlarmSink(Protocol):
 class Metrics(BatchObserver, Protocol):
     """The Prometheus side of the monitor (see monitor.metrics)."""
 
-    def count_alarm(self, channel: str, priority: str) -> None: ...
+    def count_alarm(
+        self, channel: Literal["kafka", "mqtt"], priority: Priority
+    ) -> None: ...
 
-    def set_lag(self, lags: dict[int, int]) -> None: ...
+    def set_lag(self, lags: Mapping[int, int]) -> None: ...
 
 
 class Monitor:
@@ -215,6 +219,7 @@ class Monitor:
         metrics: Metrics | None = None,
         rebalances: Rebalances | None = None,
         observers: Sequence[BatchObserver] = (),
+        gauges: Sequence[Callable[[], None]] = (),
         clock: Callable[[], float] = time.time,
         stop_event: threading.Event | None = None,
     ) -> None:
@@ -227,6 +232,7 @@ class Monitor:
         self.metrics = metrics
         self.rebalances = rebalances
         self.observers = [*observers, *([metrics] if metrics else [])]
+        self.gauges = list(gauges)
         self.clock = clock
         self.stats = MonitorStats()
         self._stop = stop_event or threading.Event()
@@ -333,6 +339,7 @@ class Monitor:
 
         self.stats.add(batch)
         self.stats.alarms += len(events)
+        self.stats.alarms_by_priority.update(event.priority for event in events)
         for dead in batch.dead_letters:
             self._report.dead_letter(dead.record, dead.reason)
         for event in events:
@@ -342,7 +349,7 @@ class Monitor:
         return batch
 
     def _hand_over_alarm(self, event: AlarmEvent) -> None:
-        logger.info(
+        logger.debug(
             "alarm %s: patient=%s priority=%s episode=%s seq=%d flagged=%d/%d",
             event.kind,
             event.patient,
@@ -488,6 +495,8 @@ class Monitor:
         )
 
     def _update_gauges(self) -> None:
+        for update in self.gauges:
+            update()
         if self.metrics is None:
             return
         lags: dict[int, int] = {}
@@ -552,11 +561,12 @@ class _Reporter:
             )
         elif stats.records > self._last_records:
             logger.info(
-                "scored=%d rate=%.0f/s flagged=%d dead_lettered=%d%s",
+                "scored=%d rate=%.0f/s flagged=%d dead_lettered=%d alarm_events=%d%s",
                 stats.scored,
                 rate,
                 stats.flagged,
                 stats.dead_lettered,
+                stats.alarms,
                 f" (not logged one by one: {self._dead_unlogged})"
                 if self._dead_unlogged
                 else "",

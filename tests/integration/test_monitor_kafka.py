@@ -18,12 +18,13 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from beatmon.cli import main
-from beatmon.messages import alert_id, decode_alert, decode_beat, encode_beat
+from beatmon.messages import Beat, alert_id, decode_alert, decode_beat, encode_beat
 from models.autoencoder import VARIANTS
 from models.bundle import load_bundle, save_bundle
 from models.data import BeatSet
 from models.scoring import keras_errors
 from models.train import TrainConfig, train
+from monitor.alarms import AlarmPolicy, AlarmSettings, decode_alarm_event
 from tests.services import create_topics, unique_name
 
 pytestmark = pytest.mark.integration
@@ -49,15 +50,26 @@ class Topics:
     alerts: str
     dead: str
     scores: str
+    alarms: str
+    alarm_state: str
 
 
 @pytest.fixture
 def topics(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Topics:
     partitions = getattr(request, "param", 1)
     base = unique_name("mon")
-    names = Topics(f"{base}.beats", f"{base}.alerts", f"{base}.dlq", f"{base}.scores")
+    names = Topics(
+        f"{base}.beats",
+        f"{base}.alerts",
+        f"{base}.dlq",
+        f"{base}.scores",
+        f"{base}.alarms",
+        f"{base}.alarm-state",
+    )
     create_topics(kafka_bootstrap, [names.beats], partitions=partitions)
-    create_topics(kafka_bootstrap, [names.alerts, names.dead, names.scores])
+    create_topics(
+        kafka_bootstrap, [names.alerts, names.dead, names.scores, names.alarms]
+    )
     return names
 
 
@@ -72,7 +84,9 @@ class MonitorProcess:
         log: Path,
         group: str,
         *extra: str,
+        env: dict[str, str] | None = None,
     ) -> None:
+        env = env or {}
         self.log = log
         self.handle = log.open("ab")
         self.proc = subprocess.Popen(
@@ -101,7 +115,15 @@ class MonitorProcess:
             ],
             stdout=self.handle,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={
+                **os.environ,
+                "PYTHONUNBUFFERED": "1",
+                "BEATMON_TOPICS__ALARMS": topics.alarms,
+                "BEATMON_TOPICS__ALARM_STATE": topics.alarm_state,
+                "BEATMON_MQTT__ENABLED": "false",
+                "BEATMON_METRICS__ENABLED": "false",
+                **env,
+            },
         )
 
     def text(self) -> str:
@@ -353,3 +375,124 @@ def test_two_monitors_share_partitions_and_hand_over(
     ]
     assert len(sent) == 2000
     assert set(pairs) >= set(sent)
+
+
+def expected_alarm_events(bundle: Path, beats: list[Beat]) -> set[tuple[str, str, int]]:
+    """The alarm events the lab's own scoring gives, run once without a break."""
+    lab = load_bundle(bundle)
+    samples = np.stack([beat.samples for beat in beats]).astype(np.float32)
+    flagged = keras_errors(lab.model, lab.scaler, samples) > lab.threshold
+    policy = AlarmPolicy(AlarmSettings(), model_version=lab.version)
+    return {(e.episode_id, e.kind, e.seq) for e in policy.apply(beats, flagged)}
+
+
+def alarm_identities(payloads: list[bytes]) -> set[tuple[str, str, int]]:
+    events = [decode_alarm_event(p) for p in payloads]
+    return {(e.episode_id, e.kind, e.seq) for e in events}
+
+
+def test_alarms_survive_sigkill_without_loss_or_a_second_raise(
+    kafka_bootstrap: str,
+    topics: Topics,
+    bundle: Path,
+    tmp_path: Path,
+    monitors: list[MonitorProcess],
+) -> None:
+    total = 3000
+    replay(kafka_bootstrap, topics.beats, total, "--patients", "30")
+    beats = [
+        decode_beat(r.value) for r in read_topic(kafka_bootstrap, topics.beats, total)
+    ]
+    expected = expected_alarm_events(bundle, beats)
+    assert any(kind == "raised" for _, kind, _ in expected)
+
+    log = tmp_path / "m.log"
+    first = MonitorProcess(
+        bundle,
+        kafka_bootstrap,
+        topics,
+        log,
+        "g",
+        "--max-batch",
+        "16",
+        "--max-wait-ms",
+        "5",
+    )
+    monitors.append(first)
+    read_topic(kafka_bootstrap, topics.scores, total // 3)
+    first.stop(signal.SIGKILL)
+    second = MonitorProcess(bundle, kafka_bootstrap, topics, log, "g")
+    monitors.append(second)
+    scored_pairs(kafka_bootstrap, topics.scores, total)
+    assert second.stop() == 0
+    assert "alarm state restored: patients=30" in second.text()
+
+    records = read_topic(kafka_bootstrap, topics.alarms, len(expected))
+    assert alarm_identities([r.value for r in records]) == expected
+    raised = [decode_alarm_event(r.value) for r in records]
+    episodes_raised = {(e.episode_id, e.seq) for e in raised if e.kind == "raised"}
+    assert episodes_raised == {
+        (eid, seq) for eid, kind, seq in expected if kind == "raised"
+    }
+
+
+def test_alarms_reach_a_real_mqtt_subscriber(
+    kafka_bootstrap: str,
+    mqtt_broker: tuple[str, int],
+    topics: Topics,
+    bundle: Path,
+    tmp_path: Path,
+    monitors: list[MonitorProcess],
+) -> None:
+    import paho.mqtt.client as paho
+
+    host, port = mqtt_broker
+    prefix = unique_name("beatmon-test")
+    received: list[bytes] = []
+    statuses: dict[str, bytes] = {}
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2)
+
+    def on_message(_client: Any, _userdata: Any, message: Any) -> None:
+        if message.topic.startswith(f"{prefix}/alarms/"):
+            received.append(message.payload)
+        else:
+            statuses[message.topic.rsplit("/", 1)[1]] = message.payload
+
+    client.on_message = on_message
+    client.connect(host, port)
+    client.subscribe(f"{prefix}/#", qos=1)
+    client.loop_start()
+    try:
+        replay(kafka_bootstrap, topics.beats, 1500, "--patients", "15")
+        beats = [
+            decode_beat(r.value)
+            for r in read_topic(kafka_bootstrap, topics.beats, 1500)
+        ]
+        expected = expected_alarm_events(bundle, beats)
+        monitor = MonitorProcess(
+            bundle,
+            kafka_bootstrap,
+            topics,
+            tmp_path / "m.log",
+            "g",
+            env={
+                "BEATMON_MQTT__ENABLED": "true",
+                "BEATMON_MQTT__HOST": host,
+                "BEATMON_MQTT__PORT": str(port),
+                "BEATMON_MQTT__TOPIC_PREFIX": prefix,
+            },
+        )
+        monitors.append(monitor)
+        scored_pairs(kafka_bootstrap, topics.scores, 1500)
+        assert monitor.stop() == 0
+        deadline = time.monotonic() + 10
+        while alarm_identities(received) != expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    assert alarm_identities(received) == expected
+    assert statuses, "each patient with an alarm has a retained status"
+    for patient, payload in statuses.items():
+        status = json.loads(payload)
+        assert status["patient"] == patient and status["state"] in ("normal", "alarm")

@@ -17,8 +17,9 @@ from kafka.errors import KafkaTimeoutError
 from beatmon.cli import PACKAGE_LOGGERS, build_parser
 from beatmon.errors import ConfigError, DataError, TransportError
 from beatmon.messages import Beat, decode_beat
+from beatmon.settings import ProducerSettings
 from models.data import BeatSet
-from producers.cli import load_replay_beats, replay_settings
+from producers.cli import load_replay_beats, replay_settings, replay_settings_from_args
 from producers.replay import (
     BeatSchedule,
     PreparedRows,
@@ -451,22 +452,28 @@ def parse(*argv: str) -> argparse.Namespace:
     return build_parser().parse_args(["replay", *argv])
 
 
+def settings_of(*argv: str) -> ProducerSettings:
+    """The settings ``beatmon replay ARGV`` runs with, no BEATMON_* variables."""
+    return replay_settings_from_args(parse(*argv), env={})
+
+
 def test_command_line_defaults() -> None:
-    settings = replay_settings(parse())
+    settings = replay_settings(settings_of())
     assert settings == ReplaySettings(
         topic="beatmon.beats", patients=100, seed=0, speed=1.0, report_every_s=5.0
     )
-    args = parse()
-    assert (args.bootstrap, args.data, args.no_truth) == (
-        "127.0.0.1:9092",
-        "ecg5000",
-        False,
-    )
+    producer_settings = settings_of()
+    assert (
+        producer_settings.kafka.bootstrap_servers,
+        producer_settings.data,
+        producer_settings.truth,
+        producer_settings.connect_timeout_s,
+    ) == ("127.0.0.1:9092", "ecg5000", True, 10.0)
 
 
 def test_command_line_options_map_to_settings() -> None:
     settings = replay_settings(
-        parse(
+        settings_of(
             "--max",
             "--loop",
             "--limit",
@@ -493,7 +500,7 @@ def test_command_line_options_map_to_settings() -> None:
         duration_s=2.5,
         report_every_s=1.0,
     )
-    assert replay_settings(parse("--speed", "2")).speed == 2.0
+    assert replay_settings(settings_of("--speed", "2")).speed == 2.0
 
 
 @pytest.mark.parametrize(
@@ -519,7 +526,7 @@ def test_bundled_set_sends_truth_with_the_labs_normal_label(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with caplog.at_level(logging.INFO):
-        data, normal_label = load_replay_beats(parse())
+        data, normal_label = load_replay_beats(settings_of())
     assert normal_label == "1" and len(data.beats) == 5000
     assert any("<- normal" in r.getMessage() for r in caplog.records)
 
@@ -529,10 +536,10 @@ def test_no_truth_and_unlabelled_files_send_no_truth(tmp_path: Path) -> None:
     plain.write_text(
         "\n".join(",".join(["0.5"] * 9 + [str(i + 0.5)]) for i in range(3))
     )
-    data, normal_label = load_replay_beats(parse("--data", str(plain)))
+    data, normal_label = load_replay_beats(settings_of("--data", str(plain)))
     assert data.labels is None and normal_label is None
 
-    _, normal_label = load_replay_beats(parse("--no-truth"))
+    _, normal_label = load_replay_beats(settings_of("--no-truth"))
     assert normal_label is None
 
 
@@ -540,7 +547,7 @@ def test_a_labelled_file_still_needs_its_normal_label(tmp_path: Path) -> None:
     labelled = tmp_path / "beats.csv"
     labelled.write_text("\n".join(",".join(["0.5"] * 9 + ["1"]) for _ in range(3)))
     with pytest.raises(DataError, match="--normal-label"):
-        load_replay_beats(parse("--data", str(labelled)))
+        load_replay_beats(settings_of("--data", str(labelled)))
 
 
 def test_patient_prefix_keeps_two_wards_apart() -> None:
