@@ -71,6 +71,7 @@ def make_batch(
     ]
     return ScoredBatch(
         beats=beats,
+        partitions=[0] * len(beats),
         errors=error_array,
         flagged=flagged,
         profiles=np.zeros((n, 4)),
