@@ -8,10 +8,12 @@ RUNS ?= runs
 
 .PHONY: install services lab test test-unit check format demo bench-lab bench-stream clean
 
+# PYTHONWARNINGS=ignore: the build backend warns that top-level folders share
+# the package names, which is this project's layout, not a problem.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
