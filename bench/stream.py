@@ -3,8 +3,9 @@
 Phases, all in one run so the ratios compare like with like:
 
 1. throughput: the replay producer fills a topic with ``--beats`` beats at
-   full speed; then the monitor, in its own process, scores them all. We
-   report beats per second and the monitor's peak RSS.
+   full speed; then the monitor, in its own process and with its alarm
+   policy and metrics on (MQTT off), scores them all. We report beats per
+   second and the monitor's peak RSS.
 2. latency: the producer replays live at about ``--rate`` beats/s (many
    patients at real heart rates) while the monitor runs; we report p50 and
    p99 of the time from a beat's production to the broker's acknowledgement
@@ -58,56 +59,56 @@ def peak_rss_mb() -> float:
 
 
 def run_monitor(args: argparse.Namespace) -> None:
-    """Child role: score ``--expect`` beats, then print figures as JSON."""
-    from models.bundle import load_serving_bundle
-    from models.scoring import limit_blas_threads
-    from monitor.batch import ScoredBatch
-    from monitor.service import Monitor, MonitorConfig, make_consumer, make_producer
+    """Child role: the full monitor (alarm policy and metrics on, MQTT off),
+    built from settings as ``beatmon monitor`` builds it; stops after
+    ``--expect`` beats and prints figures as JSON."""
+    import threading
 
-    limit_blas_threads()
-    model = load_serving_bundle(Path(args.bundle))
-    config = MonitorConfig(
-        bootstrap_servers=BOOTSTRAP,
-        beats_topic=args.topic,
-        alerts_topic=f"{args.topic}.alerts",
-        dead_letter_topic=f"{args.topic}.dlq",
-        group_id=f"{args.topic}-bench",
-        max_batch=args.max_batch,
-        report_every_s=3600,
+    from beatmon.settings import load_monitor_settings
+    from monitor.batch import ScoredBatch
+    from monitor.cli import serve
+
+    settings = load_monitor_settings(
+        env={},
+        overrides={
+            "monitor.bundle": args.bundle,
+            "monitor.max_batch": args.max_batch,
+            "monitor.group_id": f"{args.topic}-bench",
+            "monitor.report_every_s": 3600,
+            "kafka.bootstrap_servers": BOOTSTRAP,
+            "topics.beats": args.topic,
+            "topics.alerts": f"{args.topic}.alerts",
+            "topics.dead_letters": f"{args.topic}.dlq",
+            "topics.alarms": f"{args.topic}.alarms",
+            "topics.alarm_state": f"{args.topic}.alarm-state",
+            "mqtt.enabled": False,
+            "metrics.port": args.metrics_port,
+        },
     )
-    latencies: list[np.ndarray] = []
+    stopping = threading.Event()
     first_at: list[float] = []
 
-    class Observer:
+    class Stopper:
         scored = 0
 
         def on_batch(self, batch: ScoredBatch) -> None:
             if not first_at:
                 first_at.append(time.perf_counter())
-            latencies.append(batch.latencies_s)
             self.scored += len(batch.beats)
             if self.scored >= args.expect:
-                monitor.stop()
+                stopping.set()
 
-    monitor = Monitor(
-        config,
-        model,
-        make_consumer(config),
-        make_producer(config),
-        observers=[Observer()],
-    )
-    monitor.run()
+    stats = serve(settings, stopping, observers=[Stopper()])
     done_at = time.perf_counter()
-    monitor.close()
-    lat = np.concatenate(latencies) if latencies else np.zeros(1)
     print(
         json.dumps(
             {
-                "scored": int(monitor.stats.scored),
-                "flagged": int(monitor.stats.flagged),
+                "scored": stats.scored,
+                "flagged": stats.flagged,
+                "alarm_events": stats.alarms,
                 "seconds": done_at - first_at[0] if first_at else 0.0,
-                "p50_ms": float(np.percentile(lat, 50) * 1000),
-                "p99_ms": float(np.percentile(lat, 99) * 1000),
+                "p50_ms": (stats.latency_quantile_s(0.5) or 0.0) * 1000,
+                "p99_ms": (stats.latency_quantile_s(0.99) or 0.0) * 1000,
                 "peak_rss_mb": peak_rss_mb(),
             }
         )
@@ -306,6 +307,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=2000)
     parser.add_argument("--live-s", type=float, default=20.0)
     parser.add_argument("--max-batch", type=int, default=512)
+    parser.add_argument("--metrics-port", type=int, default=49108)
     args = parser.parse_args()
     {"orchestrate": orchestrate, "monitor": run_monitor, "naive": run_naive}[args.role](
         args

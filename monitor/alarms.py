@@ -98,7 +98,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
@@ -340,6 +340,22 @@ class PatientState:
         return state
 
 
+def _material(state: PatientState) -> tuple[object, ...]:
+    """The state's fields but ``last_seq``: what decides future events."""
+    return (
+        state.window_mask,
+        state.window_fill,
+        state.active,
+        state.episode_id,
+        state.priority,
+        state.started_at,
+        state.condition_since,
+        state.quiet_beats,
+        state.ended_at,
+        state.since,
+    )
+
+
 class AlarmPolicy:
     """Turns beat flags into patient alarm episodes; see the module docstring.
 
@@ -354,6 +370,8 @@ class AlarmPolicy:
         self.model_version = model_version
         self.ignored_beats = 0
         self._states: dict[str, PatientState] = {}
+        # What was last saved (or restored) per patient, beat counter aside.
+        self._saved: dict[str, tuple[object, ...]] = {}
         self._touched: set[str] = set()
 
     def apply(
@@ -577,6 +595,7 @@ class AlarmPolicy:
         state.window_mask &= (1 << window) - 1
         state.window_fill = min(state.window_fill, window)
         self._states[patient] = state
+        self._saved[patient] = _material(state)
         logger.debug(
             "restored alarm state: patient=%s last_seq=%d active=%s",
             patient,
@@ -587,4 +606,25 @@ class AlarmPolicy:
     def forget(self, patient: str) -> None:
         """Drop the patient's state, for example when its partition moves away."""
         self._states.pop(patient, None)
+        self._saved.pop(patient, None)
         self._touched.discard(patient)
+
+    def snapshots_due(self, patients: Iterable[str]) -> list[tuple[str, bytes]]:
+        """Snapshots of the patients whose state changed since it was last saved.
+
+        A state that moved on only in ``last_seq`` is not due. The beats that
+        advanced it lie behind offsets committed with this checkpoint, so they
+        are never delivered again, and the older ``last_seq`` saved earlier
+        filters nothing that can still arrive. For a patient whose beats are
+        all normal this leaves almost nothing to write.
+        """
+        due = []
+        for patient in patients:
+            state = self._states.get(patient)
+            if state is None:
+                continue
+            material = _material(state)
+            if self._saved.get(patient) != material:
+                due.append((patient, self.snapshot(patient)))
+                self._saved[patient] = material
+        return due

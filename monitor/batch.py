@@ -14,8 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from beatmon.errors import MessageError
-from beatmon.messages import Alert, Beat, alert_id, decode_beat
+from beatmon.messages import Alert, Beat, DecodedBatch, alert_id, decode_beats
 from models.scoring import Scorer
 
 DEAD_LETTER_HEADERS = (
@@ -79,28 +78,42 @@ class ScoredBatch:
 
 def decode_records(
     records: Sequence[Record], length: int
-) -> tuple[list[Beat], list[int], list[DeadLetter]]:
+) -> tuple[DecodedBatch, list[int], list[DeadLetter]]:
     """Decode every record; the ones that are not valid beats become dead letters.
 
-    Returns the beats, the partition each came from, and the dead letters.
+    Returns the decoded beats, the partition each came from, and the dead
+    letters. A beat whose message key is not its patient id is refused too.
     """
-    beats: list[Beat] = []
-    partitions: list[int] = []
-    dead: list[DeadLetter] = []
-    for record in records:
-        try:
-            beat = decode_beat(record.value, length)
-            if record.key is not None and record.key != beat.patient.encode():
-                raise MessageError(
-                    f"message key {record.key[:64]!r} is not the patient id "
-                    f"{beat.patient!r}"
+    decoded = decode_beats([record.value for record in records], length)
+    refused = list(decoded.refused)
+    mismatched = [
+        k
+        for k, (beat, i) in enumerate(
+            zip(decoded.beats, decoded.positions, strict=True)
+        )
+        if records[i].key is not None and records[i].key != beat.patient.encode()
+    ]
+    if mismatched:
+        for k in mismatched:
+            i = decoded.positions[k]
+            key = records[i].key or b""
+            refused.append(
+                (
+                    i,
+                    f"message key {key[:64]!r} is not the patient id "
+                    f"{decoded.beats[k].patient!r}",
                 )
-        except MessageError as exc:
-            dead.append(DeadLetter(record, str(exc)))
-            continue
-        beats.append(beat)
-        partitions.append(record.partition)
-    return beats, partitions, dead
+            )
+        keep = [k for k in range(len(decoded.beats)) if k not in set(mismatched)]
+        decoded = DecodedBatch(
+            beats=[decoded.beats[k] for k in keep],
+            positions=[decoded.positions[k] for k in keep],
+            samples=decoded.samples[keep],
+            refused=decoded.refused,
+        )
+    dead = [DeadLetter(records[i], reason) for i, reason in sorted(refused)]
+    partitions = [records[i].partition for i in decoded.positions]
+    return decoded, partitions, dead
 
 
 def score_records(
@@ -111,10 +124,11 @@ def score_records(
     clock: Callable[[], float] = time.time,
 ) -> ScoredBatch:
     """Decode and score a batch in one call to the scorer, and build its alerts."""
-    beats, partitions, dead = decode_records(records, scorer.length)
+    decoded, partitions, dead = decode_records(records, scorer.length)
+    beats = decoded.beats
     started = time.perf_counter()
     if beats:
-        scores = scorer.score(np.stack([beat.samples for beat in beats]))
+        scores = scorer.score(decoded.samples)
         errors, flagged, profiles = scores.errors, scores.flagged, scores.profiles
     else:
         errors = np.empty(0)

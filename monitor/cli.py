@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from beatmon.errors import TransportError
 
 if TYPE_CHECKING:
     from beatmon.settings import MonitorSettings
-    from monitor.service import MonitorStats
+    from monitor.service import BatchObserver, MonitorStats
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve(settings: MonitorSettings, stopping: threading.Event) -> MonitorStats:
+def serve(
+    settings: MonitorSettings,
+    stopping: threading.Event,
+    observers: Sequence[BatchObserver] = (),
+) -> MonitorStats:
     """Build the monitor from ``settings`` and run it until ``stopping`` is set."""
     from kafka.errors import KafkaError
     from prometheus_client import CollectorRegistry
@@ -195,6 +200,7 @@ def serve(settings: MonitorSettings, stopping: threading.Event) -> MonitorStats:
             metrics=metrics,
             rebalances=rebalances,
             stop_event=stopping,
+            observers=observers,
             gauges=[_mqtt_gauges(mqtt, metrics)] if mqtt and metrics else [],
         )
         return monitor.run()

@@ -61,7 +61,7 @@ class MonitorConfig:
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 45_000
     delivery_timeout_s: float = 120.0
-    checkpoint_interval_ms: int = 250
+    checkpoint_interval_ms: int = 1000
     report_every_s: float = 10.0
     kafka_options: dict[str, Any] = field(default_factory=dict)
 
@@ -260,6 +260,7 @@ class Monitor:
             "on" if self.alarms else "off",
         )
         while not self._stop.is_set():
+            self._reload_alarm_state_if_assigned()
             records = self._collect_batch()
             if records:
                 self.process(records)
@@ -306,9 +307,7 @@ class Monitor:
 
         The batch's offsets are committed at the next checkpoint.
         """
-        if self.rebalances and self.rebalances.assigned.is_set():
-            self.rebalances.assigned.clear()
-            self._reload_alarm_state()
+        self._reload_alarm_state_if_assigned()
         owned = self.consumer.assignment()
         kept = [r for r in records if TopicPartition(r.topic, r.partition) in owned]
         if len(kept) < len(records):
@@ -443,10 +442,12 @@ class Monitor:
         self._checkpointed_at = time.monotonic()
         owned = self.consumer.assignment()
         if self.alarms and self._touched:
+            due = self.alarms.snapshots_due(
+                p for p, tp in self._touched.items() if tp in owned
+            )
             states: list[Outgoing] = [
-                (self.config.alarm_state_topic, p.encode(), self.alarms.snapshot(p), [])
-                for p, tp in self._touched.items()
-                if tp in owned
+                (self.config.alarm_state_topic, p.encode(), snapshot, [])
+                for p, snapshot in due
             ]
             for patient, tp in self._touched.items():
                 if tp not in owned:
@@ -467,7 +468,11 @@ class Monitor:
                 exc,
             )
 
-    def _reload_alarm_state(self) -> None:
+    def _reload_alarm_state_if_assigned(self) -> None:
+        """After partitions were assigned, load the alarm state they need."""
+        if self.rebalances is None or not self.rebalances.assigned.is_set():
+            return
+        self.rebalances.assigned.clear()
         if self.alarms is None:
             return
         started = time.monotonic()

@@ -520,3 +520,53 @@ def test_crash_restore_and_replay_equals_an_uninterrupted_run(
     assert len({(e.episode_id, e.kind, e.seq) for e in events}) == len(events)
     for patient in ("a", "b"):
         assert after.snapshot(patient) == whole.snapshot(patient)
+
+
+def test_quiet_patients_need_no_new_snapshot() -> None:
+    policy = AlarmPolicy()
+    policy.apply(*beats_of("0" * 10))
+    assert [p for p, _ in policy.snapshots_due(["p1"])] == ["p1"]
+    policy.apply(*beats_of("0" * 10, first_seq=10))
+    assert policy.snapshots_due(["p1"]) == []
+    policy.apply(*beats_of("1", first_seq=20))
+    assert [p for p, _ in policy.snapshots_due(["p1"])] == ["p1"]
+
+
+@settings(max_examples=800, deadline=None, derandomize=True)
+@given(
+    runs=st.lists(
+        st.tuples(st.booleans(), st.integers(min_value=1, max_value=30)),
+        min_size=1,
+        max_size=12,
+    ),
+    every=st.integers(min_value=1, max_value=20),
+    crash_after=st.integers(min_value=0, max_value=40),
+)
+def test_checkpoints_of_due_snapshots_restore_to_the_uninterrupted_run(
+    runs: list[tuple[bool, int]], every: int, crash_after: int
+) -> None:
+    # Beats go in batches of `every`; each batch ends with a checkpoint that
+    # saves only the due snapshots. A crash after some checkpoint restores the
+    # latest saved snapshot and replays every beat after that checkpoint.
+    # Runs of equal flags reach every phase: raise, escalate, the quiet count
+    # down to the end, and the cooldown.
+    beats, flags = beats_of([flag for flag, length in runs for _ in range(length)])
+    whole = AlarmPolicy()
+    expected = whole.apply(beats, flags)
+
+    live = AlarmPolicy()
+    store: dict[str, bytes] = {}
+    events = []
+    checkpoints = list(range(0, len(beats), every))
+    crash_at = checkpoints[min(crash_after, len(checkpoints) - 1)]
+    for start in checkpoints:
+        if start == crash_at:
+            break
+        events += live.apply(beats[start : start + every], flags[start : start + every])
+        store.update(live.snapshots_due(["p1"]))
+    restored = AlarmPolicy()
+    if "p1" in store:
+        restored.restore("p1", store["p1"])
+    events += restored.apply(beats[crash_at:], flags[crash_at:])
+    assert summary(events) == summary(expected)
+    assert [e.episode_id for e in events] == [e.episode_id for e in expected]
