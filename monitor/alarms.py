@@ -609,8 +609,8 @@ class AlarmPolicy:
         self._saved.pop(patient, None)
         self._touched.discard(patient)
 
-    def snapshots_due(self, patients: Iterable[str]) -> list[tuple[str, bytes]]:
-        """Snapshots of the patients whose state changed since it was last saved.
+    def due_for_saving(self, patients: Iterable[str]) -> list[str]:
+        """The patients whose state changed since it was last saved; now marked saved.
 
         A state that moved on only in ``last_seq`` is not due. The beats that
         advanced it lie behind offsets committed with this checkpoint, so they
@@ -625,6 +625,6 @@ class AlarmPolicy:
                 continue
             material = _material(state)
             if self._saved.get(patient) != material:
-                due.append((patient, self.snapshot(patient)))
+                due.append(patient)
                 self._saved[patient] = material
         return due

@@ -27,6 +27,7 @@ from beatmon.errors import MessageError, TransportError
 from models.bundle import ServingBundle
 from monitor.alarms import AlarmEvent, AlarmPolicy, Priority
 from monitor.batch import Record, ScoredBatch, score_message, score_records
+from monitor.checkpoint import StateBuckets
 from monitor.topics import read_latest_by_key
 
 logger = logging.getLogger(__name__)
@@ -238,7 +239,8 @@ class Monitor:
         self._stop = stop_event or threading.Event()
         self._report = _Reporter(config.report_every_s)
         self._pending: dict[TopicPartition, OffsetAndMetadata] = {}
-        self._touched: dict[str, TopicPartition] = {}
+        self._touched: set[str] = set()
+        self._buckets = StateBuckets()
         self._checkpointed_at = time.monotonic()
 
     def stop(self) -> None:
@@ -332,9 +334,8 @@ class Monitor:
                 self._pending[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
         if self.alarms:
             for beat, partition in zip(batch.beats, batch.partitions, strict=True):
-                self._touched[beat.patient] = TopicPartition(
-                    self.config.beats_topic, partition
-                )
+                self._buckets.note(beat.patient, partition)
+            self._touched.update(beat.patient for beat in batch.beats)
 
         self.stats.add(batch)
         self.stats.alarms += len(events)
@@ -441,19 +442,17 @@ class Monitor:
         """
         self._checkpointed_at = time.monotonic()
         owned = self.consumer.assignment()
-        if self.alarms and self._touched:
-            due = self.alarms.snapshots_due(
-                p for p, tp in self._touched.items() if tp in owned
-            )
-            states: list[Outgoing] = [
-                (self.config.alarm_state_topic, p.encode(), snapshot, [])
-                for p, snapshot in due
-            ]
-            for patient, tp in self._touched.items():
-                if tp not in owned:
-                    self.alarms.forget(patient)
+        if self.alarms:
+            partitions = {tp.partition for tp in owned}
+            self._buckets.forget_all_but(self.alarms, partitions)
+            changed = self.alarms.due_for_saving(self._touched)
             self._touched.clear()
-            self._send_and_wait(states)
+            self._send_and_wait(
+                [
+                    (self.config.alarm_state_topic, key, value, [])
+                    for key, value in self._buckets.messages(self.alarms, changed)
+                ]
+            )
         offsets = {tp: om for tp, om in self._pending.items() if tp in owned}
         self._pending.clear()
         if not offsets:
@@ -482,14 +481,13 @@ class Monitor:
             kafka_options=self.config.kafka_options,
         )
         restored = 0
-        for patient, payload in states.items():
+        for key, payload in states.items():
             try:
-                self.alarms.restore(patient, payload)
-                restored += 1
+                restored += self._buckets.restore(self.alarms, payload)
             except MessageError as exc:
                 logger.warning(
-                    "alarm state of patient=%s not restored: %s; it starts afresh",
-                    patient,
+                    "alarm state bucket=%s not restored: %s; its patients start afresh",
+                    key,
                     exc,
                 )
         logger.info(
