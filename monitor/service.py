@@ -502,11 +502,20 @@ class Monitor:
             update()
         if self.metrics is None:
             return
-        lags: dict[int, int] = {}
-        for tp in self.consumer.assignment():
-            highwater = self.consumer.highwater(tp)
-            if highwater is not None:
-                lags[tp.partition] = max(highwater - self.consumer.position(tp), 0)
+        # The highwater mark comes with fetch responses; a partition that has
+        # not been fetched from yet is asked for its end offset instead.
+        ends = {tp: self.consumer.highwater(tp) for tp in self.consumer.assignment()}
+        unknown = [tp for tp, end in ends.items() if end is None]
+        if unknown:
+            try:
+                ends.update(self.consumer.end_offsets(unknown, timeout_ms=2000))
+            except KafkaError as exc:
+                logger.debug("end offsets unavailable for the lag gauge: %s", exc)
+        lags = {
+            tp.partition: max(end - self.consumer.position(tp), 0)
+            for tp, end in ends.items()
+            if end is not None
+        }
         self.metrics.set_lag(lags)
 
 

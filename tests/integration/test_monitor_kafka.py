@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from models.data import BeatSet
 from models.scoring import keras_errors
 from models.train import TrainConfig, train
 from monitor.alarms import AlarmPolicy, AlarmSettings, decode_alarm_event
-from tests.services import create_topics, unique_name
+from tests.integration.test_prometheus import dashboard_exprs, rule_exprs
+from tests.services import PrometheusServer, create_topics, unique_name
 
 pytestmark = pytest.mark.integration
 
@@ -158,8 +160,14 @@ def monitors(tmp_path: Path) -> Iterator[list[MonitorProcess]]:
             monitor.proc.wait()
 
 
-def replay(bootstrap: str, topic: str, limit: int, *extra: str) -> None:
-    args = ["replay", "--bootstrap", bootstrap, "--topic", topic, "--max"]
+def replay(
+    bootstrap: str,
+    topic: str,
+    limit: int,
+    *extra: str,
+    paced: tuple[str, ...] = ("--max",),
+) -> None:
+    args = ["replay", "--bootstrap", bootstrap, "--topic", topic, *paced]
     assert main([*args, "--limit", str(limit), "--patients", "20", *extra]) == 0
 
 
@@ -500,3 +508,52 @@ def test_alarms_reach_a_real_mqtt_subscriber(
     for patient, payload in statuses.items():
         status = json.loads(payload)
         assert status["patient"] == patient and status["state"] in ("normal", "alarm")
+
+
+def test_prometheus_scrapes_the_monitor_and_every_panel_has_data(
+    kafka_bootstrap: str,
+    mqtt_broker: tuple[str, int],
+    prometheus_server: PrometheusServer,
+    topics: Topics,
+    bundle: Path,
+    tmp_path: Path,
+    monitors: list[MonitorProcess],
+) -> None:
+    host, port = mqtt_broker
+    prom = prometheus_server
+    monitor = MonitorProcess(
+        bundle,
+        kafka_bootstrap,
+        topics,
+        tmp_path / "m.log",
+        "g",
+        env={
+            "BEATMON_METRICS__ENABLED": "true",
+            "BEATMON_METRICS__PORT": str(prom.metrics_port),
+            "BEATMON_MQTT__ENABLED": "true",
+            "BEATMON_MQTT__HOST": host,
+            "BEATMON_MQTT__PORT": str(port),
+            "BEATMON_MQTT__TOPIC_PREFIX": unique_name("beatmon-test"),
+        },
+    )
+    monitors.append(monitor)
+    monitor.wait_for_log("metrics served at")
+    feeder = threading.Thread(
+        target=replay,
+        args=(kafka_bootstrap, topics.beats, 30_000),
+        kwargs={"paced": ("--speed", "8", "--duration", "30", "--loop")},
+        daemon=True,
+    )
+    feeder.start()
+
+    exprs = dashboard_exprs() + rule_exprs()
+    deadline = time.monotonic() + 90
+    missing = exprs
+    while missing and time.monotonic() < deadline:
+        time.sleep(2.0)
+        missing = [(where, expr) for where, expr in missing if not prom.query(expr)]
+    feeder.join(timeout=60)
+    assert monitor.stop() == 0
+    assert not missing, "expressions without data:\n" + "\n".join(
+        f"{where}: {expr}" for where, expr in missing
+    )
