@@ -52,6 +52,7 @@ from typing import (
 import yaml
 
 from beatmon.errors import BeatmonError, ConfigError
+from monitor.alarms import AlarmSettingError, AlarmSettings
 
 ENV_PREFIX = "BEATMON_"
 CONFIG_ENV = "BEATMON_CONFIG"
@@ -64,7 +65,6 @@ REDACTED = "***"
 
 MAX_BATCH_LIMIT = 100_000
 MAX_WAIT_MS_LIMIT = 60_000
-MAX_WINDOW_BEATS = 1000
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -370,43 +370,30 @@ class MetricsSettings(_Section):
 class AlarmConfig(_Section):
     """The alarm policy's numbers, one key each.
 
-    Counts are beats, times are seconds of beat time. The rules on them are
-    those of ``monitor.alarms.AlarmSettings``, checked here too so that an
-    error names where the number came from.
+    Counts are beats, times are seconds of beat time. The defaults and the
+    rules are those of ``monitor.alarms.AlarmSettings``; an error here names
+    where the number came from.
     """
 
     SECTION: ClassVar[str] = "alarms"
 
-    window_beats: int = 10
-    low_k: int = 4
-    medium_k: int = 6
-    escalate_after_s: float = 30.0
-    cooldown_s: float = 60.0
-    clear_after_beats: int = 20
-    clear_k: int = 1
+    window_beats: int = AlarmSettings.window_beats
+    low_k: int = AlarmSettings.low_k
+    medium_k: int = AlarmSettings.medium_k
+    escalate_after_s: float = AlarmSettings.escalate_after_s
+    cooldown_s: float = AlarmSettings.cooldown_s
+    clear_after_beats: int = AlarmSettings.clear_after_beats
+    clear_k: int = AlarmSettings.clear_k
 
     def __post_init__(self) -> None:
-        n = self.window_beats
-        _within("alarms.window_beats", n, 1, MAX_WINDOW_BEATS)
-        if not 1 <= self.low_k <= n:
+        # The alarm policy owns its rules; here they only learn the key names.
+        try:
+            AlarmSettings.from_mapping(self.as_mapping())
+        except AlarmSettingError as exc:
+            keys = (exc.field, *exc.related)
             raise SettingError(
-                ("alarms.low_k", "alarms.window_beats"),
-                f"must be from 1 to window_beats ({n}), got {self.low_k}",
-            )
-        if not self.low_k <= self.medium_k <= n:
-            raise SettingError(
-                ("alarms.medium_k", "alarms.low_k", "alarms.window_beats"),
-                f"must be from low_k ({self.low_k}) to window_beats ({n}), "
-                f"got {self.medium_k}",
-            )
-        if not 0 <= self.clear_k < self.low_k:
-            raise SettingError(
-                ("alarms.clear_k", "alarms.low_k"),
-                f"must be from 0 to low_k - 1 ({self.low_k - 1}), got {self.clear_k}",
-            )
-        _at_least("alarms.clear_after_beats", self.clear_after_beats, 1)
-        _at_least("alarms.escalate_after_s", self.escalate_after_s, 0)
-        _at_least("alarms.cooldown_s", self.cooldown_s, 0)
+                tuple(f"alarms.{key}" for key in keys), f"{exc.reason}, got {exc.value}"
+            ) from None
 
     def as_mapping(self) -> dict[str, int | float]:
         """The numbers by name, for the alarm policy's ``from_mapping``."""

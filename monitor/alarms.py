@@ -122,6 +122,23 @@ _PRIORITIES: tuple[Priority, ...] = get_args(Priority)
 _RANK: dict[Priority | None, int] = {None: 0, "low": 1, "medium": 2, "high": 3}
 
 
+class AlarmSettingError(ConfigError):
+    """An alarm setting breaks a rule.
+
+    ``field`` is the setting at fault, ``value`` its value, ``reason`` the
+    rule, and ``related`` the other settings the rule involves.
+    """
+
+    def __init__(
+        self, field: str, value: object, reason: str, related: tuple[str, ...] = ()
+    ) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        self.related = related
+        super().__init__(f"alarm setting {field}={value!r}: {reason}")
+
+
 @dataclass(frozen=True)
 class AlarmSettings:
     """When a patient's flags raise, escalate and end an alarm.
@@ -145,35 +162,38 @@ class AlarmSettings:
             if item.type == "int" and (
                 not isinstance(value, int) or isinstance(value, bool)
             ):
-                raise ConfigError(
-                    f"alarm setting {item.name}={value!r}: must be an integer"
-                )
+                raise AlarmSettingError(item.name, value, "must be an integer")
             if item.type == "float" and (
                 not isinstance(value, (int, float))
                 or isinstance(value, bool)
                 or not math.isfinite(value)
                 or value < 0
             ):
-                raise ConfigError(
-                    f"alarm setting {item.name}={value!r}: must be a finite number "
-                    "of seconds, 0 or more"
+                raise AlarmSettingError(
+                    item.name, value, "must be a finite number of seconds, 0 or more"
                 )
         n = self.window_beats
         if not 1 <= n <= MAX_WINDOW_BEATS:
             self._fail("window_beats", f"must be from 1 to {MAX_WINDOW_BEATS}")
         if not 1 <= self.low_k <= n:
-            self._fail("low_k", f"must be from 1 to window_beats ({n})")
+            self._fail(
+                "low_k", f"must be from 1 to window_beats ({n})", ("window_beats",)
+            )
         if not self.low_k <= self.medium_k <= n:
             self._fail(
-                "medium_k", f"must be from low_k ({self.low_k}) to window_beats ({n})"
+                "medium_k",
+                f"must be from low_k ({self.low_k}) to window_beats ({n})",
+                ("low_k", "window_beats"),
             )
         if not 0 <= self.clear_k < self.low_k:
-            self._fail("clear_k", f"must be from 0 to low_k - 1 ({self.low_k - 1})")
+            self._fail(
+                "clear_k", f"must be from 0 to low_k - 1 ({self.low_k - 1})", ("low_k",)
+            )
         if self.clear_after_beats < 1:
             self._fail("clear_after_beats", "must be 1 or more")
 
-    def _fail(self, name: str, rule: str) -> None:
-        raise ConfigError(f"alarm setting {name}={getattr(self, name)!r}: {rule}")
+    def _fail(self, name: str, rule: str, related: tuple[str, ...] = ()) -> None:
+        raise AlarmSettingError(name, getattr(self, name), rule, related)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> AlarmSettings:

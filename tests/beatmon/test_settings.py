@@ -289,7 +289,7 @@ def test_settings_are_immutable(workdir: Path) -> None:
         ),
         (
             "alarms:\n  window_beats: 0\n",
-            ":2: alarms.window_beats: must be at least 1, got 0",
+            ":2: alarms.window_beats: must be from 1 to 1000, got 0",
         ),
         (
             "alarms:\n  window_beats: 3\n",
