@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,11 @@ def kafka_env(port: int = TEST_KAFKA_PORT) -> dict[str, str]:
     return {**os.environ, "KAFKA_PORT": str(port)}
 
 
-def kafka(command: str, port: int = TEST_KAFKA_PORT) -> None:
-    """Run ``scripts/kafka COMMAND`` for the test broker; fail loudly."""
+def run_script(script: Path, command: str, env: Mapping[str, str]) -> None:
+    """Run ``scripts/NAME COMMAND`` with ``env``; fail loudly with its output."""
     result = subprocess.run(
-        [str(KAFKA_SCRIPT), command],
-        env=kafka_env(port),
+        [str(script), command],
+        env=dict(env),
         capture_output=True,
         text=True,
         timeout=300,
@@ -36,9 +37,14 @@ def kafka(command: str, port: int = TEST_KAFKA_PORT) -> None:
     )
     if result.returncode != 0:
         raise RuntimeError(
-            f"scripts/kafka {command} failed ({result.returncode}):\n"
+            f"scripts/{script.name} {command} failed ({result.returncode}):\n"
             f"{result.stdout}\n{result.stderr}"
         )
+
+
+def kafka(command: str, port: int = TEST_KAFKA_PORT) -> None:
+    """Run ``scripts/kafka COMMAND`` for the test broker; fail loudly."""
+    run_script(KAFKA_SCRIPT, command, kafka_env(port))
 
 
 def mosquitto(
@@ -60,19 +66,7 @@ def mosquitto(
     env["MOSQUITTO_PERSISTENCE"] = "true" if persistence else "false"
     if run_dir is not None:
         env["MOSQUITTO_RUN_DIR"] = str(run_dir)
-    result = subprocess.run(
-        [str(MOSQUITTO_SCRIPT), command],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"scripts/mosquitto {command} failed ({result.returncode}):\n"
-            f"{result.stdout}\n{result.stderr}"
-        )
+    run_script(MOSQUITTO_SCRIPT, command, env)
 
 
 def unique_name(prefix: str) -> str:
@@ -116,19 +110,7 @@ def free_port() -> int:
 
 def prometheus(command: str, env: dict[str, str]) -> None:
     """Run ``scripts/prometheus COMMAND`` with ``env``; fail loudly."""
-    result = subprocess.run(
-        [str(PROMETHEUS_SCRIPT), command],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"scripts/prometheus {command} failed ({result.returncode}):\n"
-            f"{result.stdout}\n{result.stderr}"
-        )
+    run_script(PROMETHEUS_SCRIPT, command, {**os.environ, **env})
 
 
 def prometheus_test_config(targets: list[str], interval_s: float = 1.0) -> str:
