@@ -28,7 +28,13 @@ from models.scoring import keras_errors
 from models.train import TrainConfig, train
 from monitor.alarms import AlarmPolicy, AlarmSettings, decode_alarm_event
 from tests.integration.test_prometheus import dashboard_exprs, rule_exprs
-from tests.services import PrometheusServer, create_topics, unique_name
+from tests.services import (
+    TEST_MQTT_PORT,
+    PrometheusServer,
+    create_topics,
+    mosquitto,
+    unique_name,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -557,3 +563,79 @@ def test_prometheus_scrapes_the_monitor_and_every_panel_has_data(
     assert not missing, "expressions without data:\n" + "\n".join(
         f"{where}: {expr}" for where, expr in missing
     )
+
+
+def test_alarms_buffered_while_mosquitto_is_down_arrive_after_it_returns(
+    kafka_bootstrap: str,
+    topics: Topics,
+    bundle: Path,
+    tmp_path: Path,
+    monitors: list[MonitorProcess],
+) -> None:
+    import paho.mqtt.client as paho
+
+    port = TEST_MQTT_PORT + 5
+    run_dir = tmp_path / "mosquitto"
+    # Persistence keeps the subscriber's session, and what is queued for it,
+    # across the broker's restart.
+    mosquitto("start", port, run_dir=run_dir, persistence=True)
+    prefix = unique_name("beatmon-outage")
+    received: list[bytes] = []
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2,
+        client_id=unique_name("subscriber"),
+        clean_session=False,
+    )
+    client.on_message = lambda _c, _u, message: received.append(message.payload)
+    client.on_connect = lambda c, _u, _f, _r, _p: c.subscribe(
+        f"{prefix}/alarms/#", qos=1
+    )
+    client.reconnect_delay_set(min_delay=1, max_delay=2)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        monitor = MonitorProcess(
+            bundle,
+            kafka_bootstrap,
+            topics,
+            tmp_path / "m.log",
+            "g",
+            env={
+                "BEATMON_MQTT__ENABLED": "true",
+                "BEATMON_MQTT__PORT": str(port),
+                "BEATMON_MQTT__TOPIC_PREFIX": prefix,
+            },
+        )
+        monitors.append(monitor)
+        monitor.wait_for_log("mqtt connected")
+        feeder = threading.Thread(
+            target=replay,
+            args=(kafka_bootstrap, topics.beats, 2400),
+            kwargs={"paced": ("--speed", "10")},
+            daemon=True,
+        )
+        feeder.start()
+        read_topic(kafka_bootstrap, topics.scores, 300)
+        mosquitto("stop", port, run_dir=run_dir, persistence=True)
+        read_topic(kafka_bootstrap, topics.scores, 900)
+        mosquitto("start", port, run_dir=run_dir, persistence=True)
+        feeder.join(timeout=60)
+        scored_pairs(kafka_bootstrap, topics.scores, 2400)
+
+        beats = [
+            decode_beat(r.value)
+            for r in read_topic(kafka_bootstrap, topics.beats, 2400)
+        ]
+        expected = expected_alarm_events(bundle, beats)
+        deadline = time.monotonic() + 20
+        while alarm_identities(received) != expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert monitor.stop() == 0
+        assert (
+            "mqtt connection lost" in monitor.text() or "unreachable" in monitor.text()
+        )
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        mosquitto("stop", port, run_dir=run_dir, persistence=True)
+    assert alarm_identities(received) == expected
