@@ -267,10 +267,6 @@ class Bundle:
     def beat_length(self) -> int:
         return int(self.metadata["data"]["beat_length"])
 
-    def scorer(self) -> Scorer:
-        """The serving path for this bundle's model."""
-        return Scorer.from_keras(self.model, self.scaler, self.threshold)
-
 
 def _read_json(path: Path) -> Any:
     try:
