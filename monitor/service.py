@@ -1,10 +1,11 @@
 """The monitor loop: consume beats, score them in micro-batches, publish alerts.
 
-Delivery is at least once. A batch's offsets are committed only after every
-message it produced (alerts, dead letters, optional scores) has been
-acknowledged by the broker. A crash before that re-delivers the batch, and
-the re-scored beats carry the same alert ids, so subscribers can drop the
-duplicates.
+Delivery is at least once. Each batch's output (alerts, alarm events, dead
+letters, optional scores) is acknowledged by the broker before the next
+batch starts; offsets are committed at checkpoints, after the alarm-policy
+state has been saved and acknowledged too. A crash re-delivers the beats
+since the last checkpoint, and the re-scored beats carry the same alert and
+episode ids, so subscribers can drop the duplicates.
 """
 
 from __future__ import annotations
