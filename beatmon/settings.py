@@ -410,6 +410,7 @@ class MonitorSettings(_Section):
     group_id: str = "beatmon-monitor"
     max_batch: int = 512
     max_wait_ms: int = 20
+    session_timeout_ms: int = 10_000
     report_every_s: float = 10.0
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
@@ -421,6 +422,8 @@ class MonitorSettings(_Section):
         _not_empty("monitor.group_id", self.group_id)
         _within("monitor.max_batch", self.max_batch, 1, MAX_BATCH_LIMIT)
         _within("monitor.max_wait_ms", self.max_wait_ms, 0, MAX_WAIT_MS_LIMIT)
+        # Kafka's group.min.session.timeout.ms and max defaults bound this.
+        _within("monitor.session_timeout_ms", self.session_timeout_ms, 6_000, 300_000)
         _above_zero("monitor.report_every_s", self.report_every_s)
 
     def check_files(self) -> None:

@@ -155,6 +155,7 @@ def serve(
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
         report_every_s=settings.report_every_s,
+        session_timeout_ms=settings.session_timeout_ms,
         kafka_options=kafka_options,
     )
     alarms = AlarmPolicy(

@@ -61,7 +61,7 @@ class MonitorConfig:
     max_batch: int = 512
     max_wait_ms: int = 20
     max_poll_interval_ms: int = 300_000
-    session_timeout_ms: int = 45_000
+    session_timeout_ms: int = 10_000
     delivery_timeout_s: float = 120.0
     checkpoint_interval_ms: int = 1000
     report_every_s: float = 10.0
@@ -162,6 +162,10 @@ def make_consumer(
         max_poll_interval_ms=config.max_poll_interval_ms,
         session_timeout_ms=config.session_timeout_ms,
         fetch_max_wait_ms=max(config.max_wait_ms, 5),
+        # A group can be handed an empty assignment while the beat topic's
+        # metadata is not known yet; refreshing it often lets the change
+        # trigger the rebalance within seconds instead of minutes.
+        metadata_max_age_ms=5_000,
         **config.kafka_options,
     )
     consumer.subscribe([config.beats_topic], listener=listener or Rebalances())

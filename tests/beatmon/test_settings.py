@@ -233,7 +233,8 @@ def test_settings_are_immutable(workdir: Path) -> None:
         (
             "monitor:\n  max_btach: 5\n",
             ":2: monitor.max_btach: unknown key; did you mean max_batch? "
-            "(known: bundle, group_id, max_batch, max_wait_ms, report_every_s)",
+            "(known: bundle, group_id, max_batch, max_wait_ms, session_timeout_ms, "
+            "report_every_s)",
         ),
         ("monitr:\n  max_batch: 5\n", ":1: unknown section 'monitr' (known: kafka,"),
         (

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,9 @@ class Topics:
     scores: str
     alarms: str
     alarm_state: str
+    # Each test's monitors form a group of their own: a member killed in one
+    # test must not hold up the next test's rebalance.
+    group: str
 
 
 @pytest.fixture
@@ -74,6 +77,7 @@ def topics(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Topics:
         f"{base}.scores",
         f"{base}.alarms",
         f"{base}.alarm-state",
+        f"{base}.monitors",
     )
     create_topics(kafka_bootstrap, [names.beats], partitions=partitions)
     create_topics(
@@ -178,9 +182,13 @@ def replay(
 
 
 def read_topic(
-    bootstrap: str, topic: str, expected: int, timeout_s: float = WAIT_S
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout_s: float = WAIT_S,
+    count: Callable[[list[Any]], int] = len,
 ) -> list[Any]:
-    """Every record of ``topic``, waiting until at least ``expected`` are there."""
+    """Every record of ``topic``, waiting until ``count(records) >= expected``."""
     consumer = KafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
@@ -192,7 +200,7 @@ def read_topic(
     records: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
-        while len(records) < expected and time.monotonic() < deadline:
+        while count(records) < expected and time.monotonic() < deadline:
             batches = consumer.poll(timeout_ms=500)
             for batch in batches.values():
                 records.extend(batch)
@@ -205,12 +213,20 @@ def read_topic(
 
 
 def scored_pairs(bootstrap: str, topic: str, expected: int) -> list[tuple[str, int]]:
-    return [
-        (data["patient"], data["seq"])
-        for data in (
-            json.loads(r.value) for r in read_topic(bootstrap, topic, expected)
-        )
-    ]
+    """(patient, seq) of every score record, once ``expected`` distinct ones exist.
+
+    A beat scored twice (after a crash or a rebalance) has two records, so
+    the wait counts distinct beats, not records.
+    """
+
+    def pairs(records: list[Any]) -> list[tuple[str, int]]:
+        return [
+            (d["patient"], d["seq"]) for d in (json.loads(r.value) for r in records)
+        ]
+
+    return pairs(
+        read_topic(bootstrap, topic, expected, count=lambda rs: len(set(pairs(rs))))
+    )
 
 
 def test_alerts_match_the_lab_beat_for_beat(
@@ -221,7 +237,9 @@ def test_alerts_match_the_lab_beat_for_beat(
     monitors: list[MonitorProcess],
 ) -> None:
     replay(kafka_bootstrap, topics.beats, 400)
-    monitor = MonitorProcess(bundle, kafka_bootstrap, topics, tmp_path / "m.log", "g")
+    monitor = MonitorProcess(
+        bundle, kafka_bootstrap, topics, tmp_path / "m.log", topics.group
+    )
     monitors.append(monitor)
     assert len(read_topic(kafka_bootstrap, topics.scores, 400)) == 400
     assert monitor.stop() == 0
@@ -293,7 +311,9 @@ def test_poison_goes_to_the_dead_letter_topic_and_the_stream_goes_on(
     producer.close()
     replay(kafka_bootstrap, topics.beats, 200)
 
-    monitor = MonitorProcess(bundle, kafka_bootstrap, topics, tmp_path / "m.log", "g")
+    monitor = MonitorProcess(
+        bundle, kafka_bootstrap, topics, tmp_path / "m.log", topics.group
+    )
     monitors.append(monitor)
     assert len(read_topic(kafka_bootstrap, topics.scores, 200)) == 200
     dead = read_topic(kafka_bootstrap, topics.dead, len(poison))
@@ -325,7 +345,7 @@ def test_sigkill_mid_stream_loses_no_beat(
         kafka_bootstrap,
         topics,
         log,
-        "g",
+        topics.group,
         "--max-batch",
         "16",
         "--max-wait-ms",
@@ -337,7 +357,7 @@ def test_sigkill_mid_stream_loses_no_beat(
     before = scored_pairs(kafka_bootstrap, topics.scores, 300)
     assert 300 <= len(set(before)) < total, "the kill should land mid-stream"
 
-    second = MonitorProcess(bundle, kafka_bootstrap, topics, log, "g")
+    second = MonitorProcess(bundle, kafka_bootstrap, topics, log, topics.group)
     monitors.append(second)
     pairs = scored_pairs(kafka_bootstrap, topics.scores, total)
     assert second.stop() == 0
@@ -360,10 +380,14 @@ def test_two_monitors_share_partitions_and_hand_over(
     tmp_path: Path,
     monitors: list[MonitorProcess],
 ) -> None:
-    a = MonitorProcess(bundle, kafka_bootstrap, topics, tmp_path / "a.log", "g")
+    a = MonitorProcess(
+        bundle, kafka_bootstrap, topics, tmp_path / "a.log", topics.group
+    )
     monitors.append(a)
     a.wait_for_log("partitions assigned: " + topics.beats)
-    b = MonitorProcess(bundle, kafka_bootstrap, topics, tmp_path / "b.log", "g")
+    b = MonitorProcess(
+        bundle, kafka_bootstrap, topics, tmp_path / "b.log", topics.group
+    )
     monitors.append(b)
     b.wait_for_log("partitions assigned: " + topics.beats)
     time.sleep(1.0)
@@ -427,7 +451,7 @@ def test_alarms_survive_sigkill_without_loss_or_a_second_raise(
         kafka_bootstrap,
         topics,
         log,
-        "g",
+        topics.group,
         "--max-batch",
         "16",
         "--max-wait-ms",
@@ -438,7 +462,7 @@ def test_alarms_survive_sigkill_without_loss_or_a_second_raise(
     # Kill it once it has checkpointed alarm state at least once.
     read_topic(kafka_bootstrap, topics.alarm_state, 1)
     first.stop(signal.SIGKILL)
-    second = MonitorProcess(bundle, kafka_bootstrap, topics, log, "g")
+    second = MonitorProcess(bundle, kafka_bootstrap, topics, log, topics.group)
     monitors.append(second)
     scored_pairs(kafka_bootstrap, topics.scores, total)
     assert second.stop() == 0
@@ -492,7 +516,7 @@ def test_alarms_reach_a_real_mqtt_subscriber(
             kafka_bootstrap,
             topics,
             tmp_path / "m.log",
-            "g",
+            topics.group,
             env={
                 "BEATMON_MQTT__ENABLED": "true",
                 "BEATMON_MQTT__HOST": host,
@@ -532,7 +556,7 @@ def test_prometheus_scrapes_the_monitor_and_every_panel_has_data(
         kafka_bootstrap,
         topics,
         tmp_path / "m.log",
-        "g",
+        topics.group,
         env={
             "BEATMON_METRICS__ENABLED": "true",
             "BEATMON_METRICS__PORT": str(prom.metrics_port),
@@ -599,7 +623,7 @@ def test_alarms_buffered_while_mosquitto_is_down_arrive_after_it_returns(
             kafka_bootstrap,
             topics,
             tmp_path / "m.log",
-            "g",
+            topics.group,
             env={
                 "BEATMON_MQTT__ENABLED": "true",
                 "BEATMON_MQTT__PORT": str(port),
