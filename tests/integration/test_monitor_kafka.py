@@ -330,19 +330,20 @@ def test_poison_goes_to_the_dead_letter_topic_and_the_stream_goes_on(
     assert f"dead_lettered={len(poison)}" in monitor.text()
 
 
-def test_sigkill_mid_stream_loses_no_beat(
-    kafka_bootstrap: str,
-    topics: Topics,
+def kill_mid_stream_and_restart(
     bundle: Path,
-    tmp_path: Path,
+    bootstrap: str,
+    topics: Topics,
+    log: Path,
     monitors: list[MonitorProcess],
-) -> None:
-    total = 3000
-    replay(kafka_bootstrap, topics.beats, total)
-    log = tmp_path / "m.log"
+    scored: int,
+    after: Callable[[], object] = lambda: None,
+) -> MonitorProcess:
+    """Run a monitor in small batches, SIGKILL it once ``scored`` score records
+    exist (and ``after`` returned), and start a second one in its place."""
     first = MonitorProcess(
         bundle,
-        kafka_bootstrap,
+        bootstrap,
         topics,
         log,
         topics.group,
@@ -352,13 +353,28 @@ def test_sigkill_mid_stream_loses_no_beat(
         "5",
     )
     monitors.append(first)
-    read_topic(kafka_bootstrap, topics.scores, 300)
+    read_topic(bootstrap, topics.scores, scored)
+    after()
     first.stop(signal.SIGKILL)
+    second = MonitorProcess(bundle, bootstrap, topics, log, topics.group)
+    monitors.append(second)
+    return second
+
+
+def test_sigkill_mid_stream_loses_no_beat(
+    kafka_bootstrap: str,
+    topics: Topics,
+    bundle: Path,
+    tmp_path: Path,
+    monitors: list[MonitorProcess],
+) -> None:
+    total = 3000
+    replay(kafka_bootstrap, topics.beats, total)
+    second = kill_mid_stream_and_restart(
+        bundle, kafka_bootstrap, topics, tmp_path / "m.log", monitors, 300
+    )
     before = scored_pairs(kafka_bootstrap, topics.scores, 300)
     assert 300 <= len(set(before)) < total, "the kill should land mid-stream"
-
-    second = MonitorProcess(bundle, kafka_bootstrap, topics, log, topics.group)
-    monitors.append(second)
     pairs = scored_pairs(kafka_bootstrap, topics.scores, total)
     assert second.stop() == 0
     sent = {
@@ -445,25 +461,16 @@ def test_alarms_survive_sigkill_without_loss_or_a_second_raise(
     expected = expected_alarm_events(bundle, beats)
     assert any(kind == "raised" for _, kind, _ in expected)
 
-    log = tmp_path / "m.log"
-    first = MonitorProcess(
+    # Kill it once it has checkpointed alarm state at least once.
+    second = kill_mid_stream_and_restart(
         bundle,
         kafka_bootstrap,
         topics,
-        log,
-        topics.group,
-        "--max-batch",
-        "16",
-        "--max-wait-ms",
-        "5",
+        tmp_path / "m.log",
+        monitors,
+        total // 3,
+        after=lambda: read_topic(kafka_bootstrap, topics.alarm_state, 1),
     )
-    monitors.append(first)
-    read_topic(kafka_bootstrap, topics.scores, total // 3)
-    # Kill it once it has checkpointed alarm state at least once.
-    read_topic(kafka_bootstrap, topics.alarm_state, 1)
-    first.stop(signal.SIGKILL)
-    second = MonitorProcess(bundle, kafka_bootstrap, topics, log, topics.group)
-    monitors.append(second)
     scored_pairs(kafka_bootstrap, topics.scores, total)
     assert second.stop() == 0
     restored = re.findall(r"alarm state restored: patients=(\d+)", second.text())
