@@ -330,6 +330,21 @@ def test_poison_goes_to_the_dead_letter_topic_and_the_stream_goes_on(
     assert f"dead_lettered={len(poison)}" in monitor.text()
 
 
+def paced_replay(
+    bootstrap: str, topic: str, limit: int, *extra: str
+) -> threading.Thread:
+    """Replay at 20 times real time in the background (a few hundred beats/s),
+    so that a monitor can be killed while beats are still arriving."""
+    feeder = threading.Thread(
+        target=replay,
+        args=(bootstrap, topic, limit, *extra),
+        kwargs={"paced": ("--speed", "20")},
+        daemon=True,
+    )
+    feeder.start()
+    return feeder
+
+
 def kill_mid_stream_and_restart(
     bundle: Path,
     bootstrap: str,
@@ -369,12 +384,13 @@ def test_sigkill_mid_stream_loses_no_beat(
     monitors: list[MonitorProcess],
 ) -> None:
     total = 3000
-    replay(kafka_bootstrap, topics.beats, total)
+    feeder = paced_replay(kafka_bootstrap, topics.beats, total)
     second = kill_mid_stream_and_restart(
         bundle, kafka_bootstrap, topics, tmp_path / "m.log", monitors, 300
     )
     before = scored_pairs(kafka_bootstrap, topics.scores, 300)
     assert 300 <= len(set(before)) < total, "the kill should land mid-stream"
+    feeder.join(timeout=60)
     pairs = scored_pairs(kafka_bootstrap, topics.scores, total)
     assert second.stop() == 0
     sent = {
@@ -454,12 +470,7 @@ def test_alarms_survive_sigkill_without_loss_or_a_second_raise(
     monitors: list[MonitorProcess],
 ) -> None:
     total = 3000
-    replay(kafka_bootstrap, topics.beats, total, "--patients", "30")
-    beats = [
-        decode_beat(r.value) for r in read_topic(kafka_bootstrap, topics.beats, total)
-    ]
-    expected = expected_alarm_events(bundle, beats)
-    assert any(kind == "raised" for _, kind, _ in expected)
+    feeder = paced_replay(kafka_bootstrap, topics.beats, total, "--patients", "30")
 
     # Kill it once it has checkpointed alarm state at least once.
     second = kill_mid_stream_and_restart(
@@ -471,6 +482,14 @@ def test_alarms_survive_sigkill_without_loss_or_a_second_raise(
         total // 3,
         after=lambda: read_topic(kafka_bootstrap, topics.alarm_state, 1),
     )
+    feeder.join(timeout=60)
+    before = read_topic(kafka_bootstrap, topics.scores, 1)
+    assert len(before) < total, "the kill should land mid-stream"
+    beats = [
+        decode_beat(r.value) for r in read_topic(kafka_bootstrap, topics.beats, total)
+    ]
+    expected = expected_alarm_events(bundle, beats)
+    assert any(kind == "raised" for _, kind, _ in expected)
     scored_pairs(kafka_bootstrap, topics.scores, total)
     assert second.stop() == 0
     restored = re.findall(r"alarm state restored: patients=(\d+)", second.text())
