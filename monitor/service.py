@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 Outgoing = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
 
 IDLE_POLL_MS = 100
+TOPIC_WAIT_S = 30.0
 LATENCY_SAMPLES = 100_000
 LOGGED_DEAD_LETTERS_PER_REPORT = 10
 
@@ -168,6 +169,19 @@ def make_consumer(
         metadata_max_age_ms=5_000,
         **config.kafka_options,
     )
+    # Join the group only once the beat topic's partitions are known: a member
+    # that joins before is handed an empty assignment, and kafka-python was
+    # seen to keep it that way.
+    deadline = time.monotonic() + TOPIC_WAIT_S
+    while not consumer.partitions_for_topic(config.beats_topic):
+        if time.monotonic() > deadline:
+            logger.warning(
+                "topic=%s has no partitions after %.0f s; joining the group anyway",
+                config.beats_topic,
+                TOPIC_WAIT_S,
+            )
+            break
+        time.sleep(0.2)
     consumer.subscribe([config.beats_topic], listener=listener or Rebalances())
     return consumer
 
