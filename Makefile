@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 
-.PHONY: install services lab test test-unit check format demo bench-lab bench-stream clean
+.PHONY: install services lab test test-unit check format demo bench-lab bench-stream bench-soak clean
 
 # PYTHONWARNINGS=ignore: the build backend warns that top-level folders share
 # the package names, which is this project's layout, not a problem.
@@ -58,6 +58,11 @@ bench-lab: $(STAMP)
 
 bench-stream: $(STAMP)
 	$(BIN)/python bench/stream.py
+
+# About 15 minutes: a rate ramp to find where the monitor falls behind, then
+# ten minutes at 10,000 beats/s.
+bench-soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

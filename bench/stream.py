@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -33,29 +32,13 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import REPO, ensure_bundle, kafka, peak_rss_mb
+from bench.common import replay as replay_to
 
 PORT = 49092
 BOOTSTRAP = f"127.0.0.1:{PORT}"
-
-
-def kafka(command: str) -> str:
-    env = {**os.environ, "KAFKA_PORT": str(PORT)}
-    result = subprocess.run(
-        [str(REPO / "scripts" / "kafka"), command],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if command == "start" and result.returncode != 0:
-        sys.exit(f"cannot start Kafka: {result.stdout}{result.stderr}")
-    return result.stdout
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_monitor(args: argparse.Namespace) -> None:
@@ -184,51 +167,26 @@ def child(
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def replay(topic: str, *extra: str) -> float:
-    started = time.perf_counter()
-    subprocess.run(
-        [
-            str(REPO / ".venv" / "bin" / "beatmon"),
-            "replay",
-            "--bootstrap",
-            BOOTSTRAP,
-            "--topic",
-            topic,
-            "--report-every",
-            "3600",
-            *extra,
-        ],
-        check=True,
-        capture_output=True,
-        cwd=REPO,
-    )
-    return time.perf_counter() - started
-
-
-def ensure_bundle(path: Path) -> Path:
-    if not (path / "manifest.json").is_file():
-        subprocess.run(
-            [str(REPO / ".venv" / "bin" / "beatmon"), "train", "--out", str(path)],
-            check=True,
-            capture_output=True,
-            cwd=REPO,
-        )
-    return path
-
-
 def orchestrate(args: argparse.Namespace) -> None:
     from tests.services import create_topics, unique_name
 
-    already = "running" in kafka("status")
-    kafka("start")
+    already = "running" in kafka("status", PORT)
+    kafka("start", PORT)
     try:
         bundle = ensure_bundle(Path(args.bundle))
         print(f"machine: {os.cpu_count()} cores; bundle {bundle}; broker {BOOTSTRAP}")
 
         topic = unique_name("bench-throughput")
         create_topics(BOOTSTRAP, [topic], partitions=2)
-        fill_s = replay(
-            topic, "--max", "--loop", "--limit", str(args.beats), "--patients", "1000"
+        fill_s = replay_to(
+            BOOTSTRAP,
+            topic,
+            "--max",
+            "--loop",
+            "--limit",
+            str(args.beats),
+            "--patients",
+            "1000",
         )
         print(
             f"producer: {args.beats} beats written in {fill_s:.1f} s "
@@ -276,8 +234,14 @@ def orchestrate(args: argparse.Namespace) -> None:
             cwd=REPO,
         )
         time.sleep(3.0)
-        replay(
-            live, "--loop", "--patients", str(patients), "--duration", str(args.live_s)
+        replay_to(
+            BOOTSTRAP,
+            live,
+            "--loop",
+            "--patients",
+            str(patients),
+            "--duration",
+            str(args.live_s),
         )
         out, err = proc.communicate(timeout=120)
         if proc.returncode != 0:
@@ -291,7 +255,7 @@ def orchestrate(args: argparse.Namespace) -> None:
         )
     finally:
         if not already:
-            kafka("stop")
+            kafka("stop", PORT)
 
 
 def main() -> None:

@@ -1,0 +1,84 @@
+"""What the end-to-end benchmarks share: a broker of their own, a bundle, replay.
+
+Each benchmark runs its own Kafka through scripts/kafka on a port of its own,
+so it never disturbs a broker that tests or a demo are using.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BEATMON = REPO / ".venv" / "bin" / "beatmon"
+
+
+def kafka(command: str, port: int) -> str:
+    """Run ``scripts/kafka COMMAND`` for the broker on ``port``; exit if start fails."""
+    env = {**os.environ, "KAFKA_PORT": str(port)}
+    result = subprocess.run(
+        [str(REPO / "scripts" / "kafka"), command],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if command == "start" and result.returncode != 0:
+        sys.exit(f"cannot start Kafka on port {port}: {result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """The current resident set size of process ``pid``, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS line in /proc/{pid}/status")
+
+
+def ensure_bundle(path: Path) -> Path:
+    """Train the reference model into ``path`` unless a bundle is already there."""
+    if not (path / "manifest.json").is_file():
+        subprocess.run(
+            [str(BEATMON), "train", "--out", str(path)],
+            check=True,
+            capture_output=True,
+            cwd=REPO,
+        )
+    return path
+
+
+def replay_command(bootstrap: str, topic: str, *extra: str) -> list[str]:
+    """The ``beatmon replay`` command line for ``topic``, with quiet progress."""
+    return [
+        str(BEATMON),
+        "replay",
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topic,
+        "--report-every",
+        "3600",
+        *extra,
+    ]
+
+
+def replay(bootstrap: str, topic: str, *extra: str) -> float:
+    """Replay to the end; returns the seconds it took."""
+    started = time.perf_counter()
+    subprocess.run(
+        replay_command(bootstrap, topic, *extra),
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
+    return time.perf_counter() - started
