@@ -11,10 +11,15 @@ patient's beats stay in order on one partition)::
      "samples": [-0.11, 0.42, ...], "truth": "abnormal"}
 
 - ``patient``: non-empty string, at most 64 characters;
-- ``seq``: the beat's number for this patient, an integer from 0;
+- ``seq``: the beat's number for this patient, an integer from 0 to 2**63 - 1
+  (a signed 64-bit integer, which every consumer can hold);
 - ``produced_at``: when the beat was produced, Unix time in seconds;
 - ``samples``: the beat, a list of finite numbers;
 - ``truth``: optional ground truth, ``"normal"`` or ``"abnormal"``.
+
+The text must be UTF-8 throughout and name each field once: a field given
+twice is refused, since JSON parsers disagree on which value wins. Fields
+not listed here are ignored, so a newer producer can add some.
 
 A producer that sends the same beat many times can render its samples once
 with :func:`samples_text` and build each message with
@@ -46,6 +51,7 @@ import functools
 import hashlib
 import json
 import math
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -58,7 +64,11 @@ from beatmon.errors import MessageError
 BEAT_VERSION = 1
 ALERT_VERSION = 1
 MAX_PATIENT_ID = 64
+MAX_SEQ = 2**63 - 1
 MAX_SAMPLE = 1e6
+# Reasons travel in dead-letter headers and log lines: a value from the
+# message is shown cut short, and a whole reason never runs longer than this.
+MAX_REASON_CHARS = 300
 TRUTH_VALUES = ("normal", "abnormal")
 
 Truth = Literal["normal", "abnormal"]
@@ -161,13 +171,24 @@ class _WireBeat(msgspec.Struct, frozen=True):
 
     v: Literal[1]
     patient: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PATIENT_ID)]
-    seq: Annotated[int, msgspec.Meta(ge=0)]
+    seq: Annotated[int, msgspec.Meta(ge=0, le=MAX_SEQ)]
     produced_at: float
     samples: list[float]
     truth: Truth | None = None
 
 
 _WIRE_BEAT = msgspec.json.Decoder(_WireBeat)
+# The top-level members as raw JSON text, to find a field given twice.
+_WIRE_MEMBERS = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_ENCODER = msgspec.json.Encoder()
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = _SHOWN.maxlong = 40
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` cut to a few dozen characters, for an error message."""
+    return _SHOWN.repr(value)
 
 
 @dataclass(frozen=True)
@@ -205,8 +226,14 @@ def decode_beats(
             try:
                 beat = _WIRE_BEAT.decode(payload)
             except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                # The plain JSON path names the fault better; when it finds
+                # none, a field given twice may be what msgspec tripped on.
                 _decode_slowly(payload, length)
+                _check_text(payload)
                 raise MessageError(str(exc)) from None
+            except RecursionError:
+                raise MessageError("not JSON: nested too deeply") from None
+            _check_text(payload)
             if length is not None and len(beat.samples) != length:
                 raise MessageError(
                     f"beat has {len(beat.samples)} samples, the model expects {length}"
@@ -216,7 +243,7 @@ def decode_beats(
             if not math.isfinite(beat.produced_at):
                 raise MessageError("produced_at is not finite")
         except MessageError as exc:
-            refused.append((i, str(exc)))
+            refused.append((i, _clip(str(exc))))
             continue
         wire.append(beat)
         positions.append(i)
@@ -274,6 +301,58 @@ def decode_beat(payload: bytes | None, length: int | None = None) -> Beat:
     return decoded.beats[0]
 
 
+def _clip(reason: str) -> str:
+    if len(reason) <= MAX_REASON_CHARS:
+        return reason
+    return reason[: MAX_REASON_CHARS - 1] + "…"
+
+
+def _check_text(payload: bytes) -> None:
+    """Refuse what msgspec lets through: bytes that are not UTF-8 in a field
+    it skips, and a top-level field given twice (msgspec keeps the last)."""
+    if not payload.isascii():
+        try:
+            payload.decode()
+        except UnicodeDecodeError as exc:
+            raise MessageError(f"not UTF-8: {exc}") from None
+    try:
+        members = _WIRE_MEMBERS.decode(payload)
+    except RecursionError:
+        raise MessageError("not JSON: nested too deeply") from None
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise MessageError(str(exc)) from None
+    # Written again without spaces and with the shortest escapes, the members
+    # give the same length only if none was dropped as a repeat; spaces or
+    # long escapes in the original make the lengths differ, and then the
+    # plain JSON parser lists the members to compare.
+    if len(_ENCODER.encode(members)) == len(payload):
+        return
+    names: list[str] = []
+
+    def collect(pairs: list[tuple[str, Any]]) -> None:
+        # Inner objects finish first, so the top-level object comes last.
+        names[:] = [name for name, _ in pairs]
+
+    try:
+        json.loads(
+            payload,
+            object_pairs_hook=collect,
+            parse_int=len,
+            parse_float=len,
+            parse_constant=len,
+        )
+    except (ValueError, RecursionError) as exc:
+        raise MessageError(f"not JSON: {exc}") from None
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise MessageError(
+                f"field {_shown(name)} is given more than once; JSON readers "
+                "disagree on which value counts"
+            )
+        seen.add(name)
+
+
 def _decode_slowly(payload: bytes, length: int | None) -> Beat:
     """The plain JSON path: slower, but its errors say exactly what is wrong."""
     try:
@@ -297,15 +376,20 @@ def beat_from_json(
     if not isinstance(data, dict):
         raise MessageError(f"a beat must be a JSON object, not {type(data).__name__}")
     version = data.get("v")
-    if version != BEAT_VERSION:
-        raise MessageError(f"unknown beat schema version {version!r}")
+    if type(version) is not int or version != BEAT_VERSION:
+        raise MessageError(f"unknown beat schema version {_shown(version)}")
     patient = _field(data, "patient", str)
     if not patient or len(patient) > MAX_PATIENT_ID:
         raise MessageError(f"patient id must have 1 to {MAX_PATIENT_ID} characters")
     seq = _field(data, "seq", int)
     if seq < 0:
-        raise MessageError(f"seq {seq} is negative")
-    produced_at = float(_field(data, "produced_at", (int, float)))
+        raise MessageError(f"seq {_shown(seq)} is negative")
+    if seq > MAX_SEQ:
+        raise MessageError(f"seq {_shown(seq)} is above 2**63 - 1")
+    try:
+        produced_at = float(_field(data, "produced_at", (int, float)))
+    except OverflowError:
+        raise MessageError("produced_at is too large for a float") from None
     if not math.isfinite(produced_at):
         raise MessageError("produced_at is not finite")
     samples = _field(data, "samples", list)
@@ -317,7 +401,7 @@ def beat_from_json(
         raise MessageError("beat has no samples")
     truth = data.get("truth")
     if truth is not None and truth not in TRUTH_VALUES:
-        raise MessageError(f"truth {truth!r} is neither 'normal' nor 'abnormal'")
+        raise MessageError(f"truth {_shown(truth)} is neither 'normal' nor 'abnormal'")
     values = _sample_array(samples, may_hold_bools)
     return Beat(patient, seq, produced_at, values, truth)
 
@@ -346,7 +430,7 @@ def _sample_array(samples: list[Any], may_hold_bools: bool) -> np.ndarray:
     if bad.any():
         i = int(np.argmax(bad))
         raise MessageError(
-            f"sample {i} is {samples[i]!r}; samples must be finite and within "
+            f"sample {i} is {_shown(samples[i])}; samples must be finite and within "
             f"±{MAX_SAMPLE:g}"
         )
     return values

@@ -149,8 +149,25 @@ def _not_empty(key: str, value: str) -> None:
         raise SettingError(key, "must not be empty")
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; False too for a name the system refuses
+    (too long, or holding a NUL character)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    """Whether ``path`` is a folder; False too for a name the system refuses."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def _need_file(key: str, value: str | None) -> None:
-    if value is not None and not Path(value).is_file():
+    if value is not None and not _is_file(Path(value)):
         raise SettingError(key, f"no such file: {value}")
 
 
@@ -412,6 +429,7 @@ class MonitorSettings(_Section):
     max_wait_ms: int = 20
     session_timeout_ms: int = 10_000
     report_every_s: float = 10.0
+    reload_interval_s: float = 2.0
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     topics: TopicSettings = field(default_factory=TopicSettings)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
@@ -425,10 +443,12 @@ class MonitorSettings(_Section):
         # Kafka's group.min.session.timeout.ms and max defaults bound this.
         _within("monitor.session_timeout_ms", self.session_timeout_ms, 6_000, 300_000)
         _above_zero("monitor.report_every_s", self.report_every_s)
+        # 0 turns watching the bundle off.
+        _within("monitor.reload_interval_s", self.reload_interval_s, 0, 3600)
 
     def check_files(self) -> None:
-        if not (self.bundle / "manifest.json").is_file():
-            why = "not a folder" if not self.bundle.is_dir() else "no manifest.json"
+        if not _is_file(self.bundle / "manifest.json"):
+            why = "not a folder" if not _is_dir(self.bundle) else "no manifest.json"
             raise SettingError(
                 "monitor.bundle",
                 f"no model bundle at {self.bundle} ({why}); train one with "
@@ -654,12 +674,12 @@ def _source_of(keys: tuple[str, ...], section: str, raws: dict[str, _Raw]) -> st
 def _find_file(path: Path | None, env: Mapping[str, str]) -> tuple[Path, str] | None:
     """The settings file to read and how to name it, or None for none."""
     if path is not None:
-        if not Path(path).is_file():
+        if not _is_file(Path(path)):
             raise ConfigError(f"{path}: no such settings file")
         return Path(path), str(path)
     named = env.get(CONFIG_ENV, "")
     if named:
-        if not Path(named).is_file():
+        if not _is_file(Path(named)):
             raise ConfigError(f"{CONFIG_ENV}: no such settings file: {named}")
         return Path(named), named
     if DEFAULT_CONFIG_PATH.is_file():
@@ -675,10 +695,23 @@ def _read_file(file: tuple[Path, str]) -> _Layer:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{shown}: cannot read the settings file ({exc})") from exc
 
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise ConfigError(
+            f"{shown}:{line}: not valid YAML: character U+{exc.character:04X} is "
+            "not allowed in a YAML file"
+        ) from None
     try:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None
+    except RecursionError:
+        raise ConfigError(f"{shown}: not valid YAML: nested too deeply") from None
+    except ValueError as exc:
+        # PyYAML's own errors are not ValueErrors; this is a value it parsed
+        # but Python could not convert, such as an integer of 5,000 digits.
+        raise ConfigError(f"{shown}: a value cannot be read: {exc}") from None
     except yaml.MarkedYAMLError as exc:
         # The message is rebuilt without PyYAML's snippet of the offending
         # line, which could hold a password.
@@ -830,7 +863,12 @@ def _convert(value: object, kind: Any, text: bool) -> object:
     elif kind is float:
         number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                raise _WrongValue(
+                    "must be a finite number, got an integer too large for a float"
+                ) from None
         elif isinstance(value, str):
             # Also for the file: YAML 1.1 reads 1e3 (no dot) as a string.
             try:

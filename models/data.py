@@ -11,6 +11,7 @@ import csv
 import gzip
 import hashlib
 import logging
+import re
 import zlib
 from dataclasses import dataclass
 from importlib import resources
@@ -35,6 +36,7 @@ _BUILTIN_FILES = ("ECG5000_TRAIN.tsv.gz", "ECG5000_TEST.tsv.gz")
 _BUILTIN_NORMAL_LABEL = "1"
 _GZIP_MAGIC = b"\x1f\x8b"
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 @dataclass(frozen=True, eq=False)
@@ -259,9 +261,13 @@ def _load_builtin(layout: Layout) -> BeatSet:
 
 
 def _read_bytes(path: Path, name: str) -> bytes:
-    if path.is_dir():
-        raise DataError(f"{name} is a directory; give the path of a beat file")
+    if not name.strip():
+        raise DataError("no beat file given: the path is empty")
+    if "\x00" in name:
+        raise DataError(f"{name!r}: a file name cannot hold a NUL character")
     try:
+        if path.is_dir():
+            raise DataError(f"{name} is a directory; give the path of a beat file")
         raw = path.read_bytes()
     except FileNotFoundError as exc:
         raise DataError(f"no such file: {name}") from exc
@@ -317,6 +323,12 @@ def _parse(text: str, name: str, layout: Layout) -> _Parsed:
     header = None
     if comma_separated and rows and _is_header(rows[0]):
         header = [cell.strip() for cell in rows[0]]
+        if len(rows) > 1 and len(rows[1]) != len(header):
+            raise DataError(
+                f"{name}:{line_nos[0]}: the header row has {len(header)} names but "
+                f"line {line_nos[1]} has {len(rows[1])} values; if line "
+                f"{line_nos[0]} is a beat, a value in it is not a number"
+            )
         line_nos, rows = line_nos[1:], rows[1:]
     if not rows:
         problem = "has only a header row, no beats" if header else "is empty"
@@ -408,10 +420,20 @@ def _is_number(cell: str) -> bool:
 
 
 def _is_header(cells: list[str]) -> bool:
-    """A first row with a non-numeric cell, or the column names 0, 1, 2, ..."""
-    if not all(_is_number(cell) for cell in cells):
+    """A first row of column names: 0, 1, 2, ... (after an empty cell when
+    pandas wrote an index), or text among numbers written as integers.
+
+    A row with a number such as ``0.25`` or ``1e-3`` is a beat even with a bad
+    cell in it, so a damaged first row is reported, not dropped as a header.
+    """
+    names = [cell.strip() for cell in cells]
+    counting = [str(i) for i in range(len(names))]
+    if names in (counting, ["", *counting[:-1]]):
         return True
-    return [cell.strip() for cell in cells] == [str(i) for i in range(len(cells))]
+    numbers = [name for name in names if _is_number(name)]
+    if len(numbers) == len(names):
+        return False
+    return all(_INTEGER.fullmatch(name) for name in numbers)
 
 
 def _has_index_column(header: list[str] | None, matrix: np.ndarray) -> bool:

@@ -23,6 +23,14 @@ DEAD_LETTER_HEADERS = (
     "beatmon.dlq.partition",
     "beatmon.dlq.offset",
 )
+# A dead letter keeps at most this many bytes of key and value together, so
+# that with its headers it fits Kafka's default limits (the producer's
+# max_request_size of 1,048,576 bytes and the broker's message.max.bytes of
+# 1,048,588): a beat topic that allows bigger messages must not let one stop
+# the monitor. A letter that was cut carries its original sizes in the headers
+# beatmon.dlq.original_key_bytes and beatmon.dlq.original_value_bytes.
+DEAD_LETTER_MAX_BYTES = 1_000_000
+DEAD_LETTER_MAX_KEY_BYTES = 1024
 
 
 class Record(Protocol):
@@ -42,6 +50,25 @@ class DeadLetter:
     record: Record
     reason: str
 
+    def _too_big(self) -> bool:
+        key, value = self.record.key or b"", self.record.value or b""
+        return len(key) + len(value) > DEAD_LETTER_MAX_BYTES
+
+    def key(self) -> bytes | None:
+        """The original key, cut to its first 1024 bytes in a letter too big."""
+        key = self.record.key
+        if key is None or not self._too_big():
+            return key
+        return key[:DEAD_LETTER_MAX_KEY_BYTES]
+
+    def value(self) -> bytes | None:
+        """The original value, byte for byte unless key and value together are
+        over ``DEAD_LETTER_MAX_BYTES``; then as many first bytes as fit."""
+        value = self.record.value
+        if value is None or not self._too_big():
+            return value
+        return value[: DEAD_LETTER_MAX_BYTES - len(self.key() or b"")]
+
     def headers(self) -> list[tuple[str, bytes]]:
         values = (
             self.reason,
@@ -49,10 +76,19 @@ class DeadLetter:
             str(self.record.partition),
             str(self.record.offset),
         )
-        return [
+        headers = [
             (name, value.encode())
             for name, value in zip(DEAD_LETTER_HEADERS, values, strict=True)
         ]
+        if self._too_big():
+            headers += [
+                ("beatmon.dlq.original_key_bytes", b"%d" % len(self.record.key or b"")),
+                (
+                    "beatmon.dlq.original_value_bytes",
+                    b"%d" % len(self.record.value or b""),
+                ),
+            ]
+        return headers
 
 
 @dataclass

@@ -234,12 +234,16 @@ def test_settings_are_immutable(workdir: Path) -> None:
             "monitor:\n  max_btach: 5\n",
             ":2: monitor.max_btach: unknown key; did you mean max_batch? "
             "(known: bundle, group_id, max_batch, max_wait_ms, session_timeout_ms, "
-            "report_every_s)",
+            "report_every_s, reload_interval_s)",
         ),
         ("monitr:\n  max_batch: 5\n", ":1: unknown section 'monitr' (known: kafka,"),
         (
             "monitor:\n  max_batch: -5\n",
             ":2: monitor.max_batch: must be at least 1, got -5",
+        ),
+        (
+            "monitor:\n  reload_interval_s: -1\n",
+            ":2: monitor.reload_interval_s: must be at least 0, got -1",
         ),
         (
             "monitor:\n  max_batch: lots\n",
@@ -426,7 +430,10 @@ def test_the_trainer_checks_its_own_section(write: Write) -> None:
     with pytest.raises(ConfigError, match=r"\.yaml:2: train\.batch_size: must be at "):
         load_trainer_settings(path, {})
     for env, key in [
-        ({"BEATMON_TRAIN__MODEL": "huge"}, "train.model: must be one of dense, sparse"),
+        (
+            {"BEATMON_TRAIN__MODEL": "huge"},
+            "train.model: must be one of conv, denoising, dense, kl-sparse, sparse",
+        ),
         ({"BEATMON_TRAIN__THRESHOLD": "top:3"}, "train.threshold: unknown threshold"),
         ({"BEATMON_TRAIN__LAYOUT": "xml"}, "train.layout: must be one of auto, ucr"),
     ]:

@@ -547,3 +547,191 @@ def test_fuzz_loads_or_raises_data_error(
     assert result.beats.dtype == np.float32
     assert result.length >= 8
     assert np.isfinite(result.beats).all()
+
+
+# Regressions: a damaged first row and unusable paths
+
+
+@pytest.mark.parametrize(
+    ("first", "expected"),
+    [
+        (
+            "0.5,0.1x,0.2,0.3,0.4,0.5,0.6,0.7,0.8",
+            ":1: column 2 is '0.1x', not a number",
+        ),
+        ("0.5,,0.2,0.3,0.4,0.5,0.6,0.7,0.8", ":1: column 2 is empty, not a number"),
+        ("0.5,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,", ":2: row has 9 values, expected 10"),
+        ("a,b,c,d,e,f,g,h", ":1: the header row has 8 names but line 2 has 9"),
+    ],
+)
+def test_a_damaged_first_row_is_reported_not_taken_for_a_header(
+    write: Writer, first: str, expected: str
+) -> None:
+    path = write("beats.csv", first + "\n" + "0.5,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8\n")
+    assert _load_error(path, "plain").startswith(f"{path}{expected}")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        ",".join(str(i) for i in range(9)),
+        "," + ",".join(str(i) for i in range(8)),
+        ",".join(f"att{i}" for i in range(8)) + ",target",
+        "id," + ",".join(str(i) for i in range(1, 9)),
+    ],
+)
+def test_headers_are_still_recognised(write: Writer, header: str) -> None:
+    path = write("beats.csv", f"{header}\n0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8\n")
+    assert load_beats(str(path), "plain").beats.shape[0] == 1
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("x" * 5000, "cannot read xxx"),
+        ("beats\x00.csv", "cannot hold a NUL character"),
+        ("", "the path is empty"),
+    ],
+)
+def test_paths_the_system_refuses_give_a_data_error(spec: str, expected: str) -> None:
+    with pytest.raises(DataError, match=expected):
+        load_beats(spec)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "trailing", "empty"])
+def test_damaged_gzip_names_the_file(tmp_path: Path, damage: str) -> None:
+    packed = gzip.compress(_csv_text(_rng_beats(40, 20)).encode())
+    data = {
+        "truncated": packed[: len(packed) // 2],
+        "corrupt": packed[:30] + bytes(b ^ 0xFF for b in packed[30:40]) + packed[40:],
+        "trailing": packed + b"\x1f\x8bnot gzip",
+        "empty": packed[:10],
+    }[damage]
+    path = tmp_path / "beats.csv.gz"
+    path.write_bytes(data)
+    message = _load_error(path)
+    assert message.startswith(f"{path}: not a valid gzip file")
+
+
+# Fuzz: a fault put in a row is reported at that row's line, whatever the
+# decoration (BOM, CRLF, blank lines, a header, an index, gzip); without a
+# fault the decoration changes nothing.
+
+_FAULTS = [
+    "text",
+    "empty",
+    "nan",
+    "inf",
+    "1e400",
+    "float32",
+    "ragged-short",
+    "ragged-long",
+    "label-fraction",
+    "label-text",
+]
+
+
+@st.composite
+def _decorated_file(draw: st.DrawFn, fault: bool) -> tuple[str, str, bytes, int, str]:
+    """(layout, kind of fault, file bytes, line of the fault, name)."""
+    layout = draw(st.sampled_from(["ucr", "binary", "plain"]))
+    rows, samples = draw(st.integers(2, 5)), draw(st.integers(8, 11))
+    header = layout != "ucr" and draw(st.booleans())
+    index = layout != "ucr" and draw(st.booleans())
+    table = []
+    for row in range(rows):
+        cells = [f"{draw(st.floats(-5, 5)):.5f}" for _ in range(samples)]
+        if layout == "ucr":
+            cells.insert(0, str(draw(st.integers(1, 3))))
+        if layout == "binary":
+            cells.append(draw(st.sampled_from(["0", "1", "1.0"])))
+        table.append([str(row)] * index + cells)
+
+    kind = draw(st.sampled_from(_FAULTS)) if fault else "none"
+    if layout == "plain" and kind.startswith("label"):
+        kind = "text"
+    # A ragged row is measured against the first one, so never the first.
+    at = draw(st.integers(1 if kind.startswith("ragged") else 0, rows - 1))
+    first = int(layout == "ucr") + int(index)
+    column = draw(st.integers(first, first + samples - 1))
+    label = 0 if layout == "ucr" else len(table[at]) - 1
+    replacement = {
+        "text": "0.1x",
+        "empty": "",
+        "nan": "nan",
+        "inf": "-inf",
+        "1e400": "1e400",
+        "float32": "1e39",
+    }
+    if kind in replacement:
+        table[at][column] = replacement[kind]
+    elif kind == "ragged-short":
+        del table[at][column]
+    elif kind == "ragged-long":
+        table[at].insert(column, "0.5")
+    elif kind == "label-fraction":
+        table[at][label] = "1.5"
+    elif kind == "label-text":
+        table[at][label] = "normal"
+
+    separator = "\t" if layout == "ucr" else ","
+    lines = [separator.join(cells) for cells in table]
+    if header:
+        names = [str(i) for i in range(len(table[0]) - index)]
+        lines.insert(0, ",".join([""] * index + names))
+    blank = draw(st.integers(0, 2))
+    lines = [""] * blank + lines
+    eol = draw(st.sampled_from(["\n", "\r\n"]))
+    bom = "\ufeff" if draw(st.booleans()) else ""
+    data = (bom + eol.join(lines) + eol).encode()
+    name = "beats.csv"
+    if draw(st.booleans()):
+        data, name = gzip.compress(data), "beats.csv.gz"
+    return layout, kind, data, blank + header + at + 1, name
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(case=_decorated_file(fault=True))
+def test_fuzz_a_fault_is_reported_at_its_line(
+    tmp_path: Path, case: tuple[str, str, bytes, int, str]
+) -> None:
+    layout, kind, data, line, name = case
+    path = tmp_path / name
+    path.write_bytes(data)
+    message = _load_error(path, layout)
+    if layout == "ucr" and kind == "empty":
+        # Runs of tabs are one separator in this layout: the row comes out short.
+        assert f"as on line {line}" in message or f"{path}:{line}:" in message
+    else:
+        assert message.startswith(f"{path}:{line}: "), (kind, message)
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(case=_decorated_file(fault=False))
+def test_fuzz_decoration_changes_nothing(
+    tmp_path: Path, case: tuple[str, str, bytes, int, str]
+) -> None:
+    layout, _, data, _, name = case
+    path = tmp_path / name
+    path.write_bytes(data)
+    decorated = load_beats(str(path), layout)  # type: ignore[arg-type]
+    text = (gzip.decompress(data) if name.endswith(".gz") else data).decode()
+    lines = [line for line in text.lstrip("\ufeff").splitlines() if line.strip()]
+    plain = tmp_path / "plain.csv"
+    plain.write_text("\n".join(lines) + "\n")
+    expected = load_beats(str(plain), layout)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(decorated.beats, expected.beats)
+    assert decorated.length >= 8 and np.isfinite(decorated.beats).all()
+    if expected.labels is None:
+        assert decorated.labels is None
+    else:
+        assert decorated.labels is not None
+        assert decorated.labels.tolist() == expected.labels.tolist()
