@@ -250,10 +250,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from models.autoencoder import get_spec
-    from models.compare import compare
+    from models.autoencoder import VARIANTS, get_spec
+    from models.compare import compare, results_table, winners_table
 
-    specs = [get_spec(name.strip()) for name in args.models.split(",") if name.strip()]
+    names = args.models.split(",") if args.models else list(VARIANTS)
+    specs = [get_spec(name.strip()) for name in names if name.strip()]
     if len(specs) < 2:
         raise BeatmonError(
             "--models needs at least two variants, for example dense,sparse"
@@ -268,14 +269,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = compare(
         data, normal_label, specs, args.seeds, train_config(settings), Path(args.out)
     )
-    for name, stats in result["models"].items():
-        print(
-            f"{name:>8}: ROC-AUC {stats['roc_auc']['mean']:.4f} ± "
-            f"{stats['roc_auc']['std']:.4f}, PR-AUC {stats['pr_auc']['mean']:.4f} ± "
-            f"{stats['pr_auc']['std']:.4f}, F1 {stats['f1']['mean']:.4f} ± "
-            f"{stats['f1']['std']:.4f}, {stats['train_seconds']['mean']:.1f} s to train"
-        )
-    print(f"Written {Path(args.out) / 'compare.json'} and compare.md.")
+    print("\n".join(results_table(result)))
+    print()
+    print("\n".join(winners_table(result)))
+    print(
+        f"\n{len(specs)} models x {args.seeds} seeds took "
+        f"{result['wall_seconds']:.0f} s. Written {Path(args.out) / 'compare.json'} "
+        "and compare.md."
+    )
     return 0
 
 
@@ -289,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    from models.autoencoder import VARIANTS
+
     d = field_defaults(TrainerSettings)
     p = sub.add_parser(
         "train",
@@ -299,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
         "defaults shown are the built-in ones.",
     )
     p.add_argument(
-        "--model", help=f"variant to train: dense or sparse (default {d['model']})"
+        "--model",
+        help=f"variant to train: {', '.join(VARIANTS)} (default {d['model']})",
     )
     p.add_argument("--out", help=f"bundle folder to write (default {d['out']})")
     _add_training_options(p, seed=True)
@@ -323,7 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
         "by seed. Data and training numbers come from the train settings "
         "(file, then BEATMON_TRAIN__* variables), then these flags.",
     )
-    p.add_argument("--models", default="dense,sparse", help="comma-separated variants")
+    p.add_argument(
+        "--models",
+        help=f"comma-separated variants (default: all, {','.join(VARIANTS)})",
+    )
     p.add_argument("--seeds", type=int, default=5, help="number of seeds (5)")
     p.add_argument(
         "--out", required=True, help="folder for compare.json and compare.md"
@@ -338,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     from monitor.cli import add_parser as add_monitor_parser
 
     add_monitor_parser(sub)
+
+    from beatmon.explain import add_parser as add_explain_parser
+
+    add_explain_parser(sub)
     return parser
 
 

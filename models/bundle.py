@@ -29,6 +29,7 @@ import os
 import platform
 import secrets
 import shutil
+import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -139,8 +140,7 @@ def build_metadata(
             "name": spec.name,
             "version": version,
             "summary": spec.summary,
-            "encoder_widths": list(spec.encoder_widths),
-            "activity_l1": spec.activity_l1,
+            **spec.describe(),
             "parameters": int(trained.model.count_params()),
         },
         "created": created.isoformat(timespec="seconds"),
@@ -169,7 +169,7 @@ def build_metadata(
         },
         "serving": {
             "file": SERVING_FILE,
-            "kind": "dense stack in NumPy",
+            "kind": "layer ops in NumPy",
             "parity_max_abs_error": parity,
             "parity_checked_on": "validation normals",
         },
@@ -190,8 +190,8 @@ def save_bundle(trained: Trained, out: Path) -> Path:
     staging = out.parent / f".{out.name}.partial-{secrets.token_hex(4)}"
     scorer = Scorer.from_keras(trained.model, trained.scaler, trained.threshold)
     parity = check_parity(trained, scorer)
-    staging.mkdir()
     try:
+        staging.mkdir()
         trained.model.save(staging / MODEL_FILE)
         scorer.save_weights(staging / SERVING_FILE)
         _write_json(staging / "scaler.json", trained.scaler.to_json())
@@ -218,6 +218,19 @@ def save_bundle(trained: Trained, out: Path) -> Path:
         for name in (*CONTENT_FILES, MANIFEST_FILE):
             _fsync(staging / name)
         _swap_into_place(staging, out)
+    except OSError as exc:
+        # A full disk, a quota or a read-only folder: say so in one line.
+        shutil.rmtree(staging, ignore_errors=True)
+        kept = (
+            "the bundle already there is unchanged"
+            if (out / MANIFEST_FILE).is_file()
+            else "nothing was written"
+        )
+        writing = Path(exc.filename).name if exc.filename else "the new bundle"
+        raise BundleError(
+            f"cannot write the model bundle to {out}: {exc.strerror or exc} "
+            f"(writing {writing}); {kept}. Free space there or choose another --out"
+        ) from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -293,6 +306,16 @@ def verify_bundle(path: Path) -> dict[str, str]:
             f"this beatmon reads format {BUNDLE_FORMAT}"
         )
     files = manifest.get("files", {})
+    odd = [
+        name
+        for name in CONTENT_FILES
+        if (path / name).exists() and not (path / name).is_file()
+    ]
+    if odd:
+        raise BundleError(
+            f"{path} is damaged: {', '.join(odd)} should be a file and is not "
+            "(a folder?); retrain or restore the bundle"
+        )
     missing = [name for name in CONTENT_FILES if not (path / name).is_file()]
     if missing:
         raise BundleError(f"{path} is incomplete: missing {', '.join(missing)}")
@@ -300,7 +323,14 @@ def verify_bundle(path: Path) -> dict[str, str]:
     if unlisted:
         raise BundleError(f"{manifest_path} lists no hash for {', '.join(unlisted)}")
     for name in CONTENT_FILES:
-        if _sha256(path / name) != files[name]:
+        try:
+            digest = _sha256(path / name)
+        except OSError as exc:
+            raise BundleError(
+                f"{path / name}: cannot read it ({exc.strerror or exc}); check the "
+                "disk and the file's permissions, or restore the bundle"
+            ) from exc
+        if digest != files[name]:
             raise BundleError(
                 f"{path / name} does not match the hash in {MANIFEST_FILE}: the "
                 "bundle was changed after it was written; retrain or restore it"
@@ -346,8 +376,6 @@ def load_serving_bundle(path: Path) -> ServingBundle:
     verify_bundle(path)
     scaler, threshold, _, metadata = _read_parts(path)
     scorer = Scorer.load_weights(path / SERVING_FILE, scaler, threshold)
-    if scorer.length != scaler.mean.shape[0]:
-        raise BundleError(f"{path}: serving weights do not fit the beat length")
     return ServingBundle(
         path=path,
         scorer=scorer,
@@ -359,18 +387,50 @@ def load_serving_bundle(path: Path) -> ServingBundle:
     )
 
 
+_NOT_FROM_TRAIN = (
+    "beatmon train never writes such a file, so the bundle was changed after "
+    "training: retrain with beatmon train, or restore the bundle from a copy you "
+    "trust"
+)
+
+
+def _model_load_error(model_path: Path, exc: Exception) -> str:
+    """What went wrong loading ``model_path``, and what to do about it."""
+    text = str(exc)
+    # Keras raises a plain ValueError when safe mode refuses to deserialise
+    # code, and names safe_mode in it.
+    if "safe_mode" in text or "arbitrary code" in text:
+        return (
+            f"{model_path}: refused: the model holds Python code (a Lambda layer "
+            "or a function), which Keras safe mode does not load because it could "
+            f"run anything on this machine; {_NOT_FROM_TRAIN}"
+        )
+    return (
+        f"{model_path}: cannot load the model: {text}; retrain with beatmon train "
+        "or restore the bundle"
+    )
+
+
 def load_bundle(path: Path) -> Bundle:
     """Load a bundle after checking its hashes, with Keras safe mode on."""
     import keras
 
+    import models.layers  # noqa: F401  (registers beatmon's Keras objects)
+
     path = Path(path)
     verify_bundle(path)
-    try:
-        model = keras.saving.load_model(
-            path / MODEL_FILE, compile=False, safe_mode=True
+    model_path = path / MODEL_FILE
+    # Only the Keras v3 archive (a zip file) honours safe mode in every Keras
+    # release; older formats can run code while they load.
+    if not zipfile.is_zipfile(model_path):
+        raise BundleError(
+            f"{model_path}: refused: not a Keras v3 archive (a zip file), the only "
+            f"model format beatmon loads; {_NOT_FROM_TRAIN}"
         )
+    try:
+        model = keras.saving.load_model(model_path, compile=False, safe_mode=True)
     except Exception as exc:
-        raise BundleError(f"{path / MODEL_FILE}: cannot load the model: {exc}") from exc
+        raise BundleError(_model_load_error(model_path, exc)) from exc
 
     scaler, threshold, policy, metadata = _read_parts(path)
     try:

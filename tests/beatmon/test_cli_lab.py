@@ -9,7 +9,7 @@ import pytest
 
 from beatmon.cli import main
 from models.data import BeatSet
-from tests.conftest import write_binary_csv
+from tests.conftest import png_size, write_binary_csv
 
 QUICK = ["--epochs", "3", "--patience", "2"]
 
@@ -49,9 +49,19 @@ def test_train_then_evaluate_writes_bundle_and_report(
         assert 0.0 <= metrics[key] <= 1.0
     assert set(metrics["confusion_matrix"]) == {"tn", "fp", "fn", "tp"}
     assert "held-out test split" in metrics["evaluated_on"]
-    for name in ("loss.png", "errors.png", "roc.png", "pr.png", "confusion.png"):
+    for name in (
+        "loss.png",
+        "errors.png",
+        "roc.png",
+        "pr.png",
+        "confusion.png",
+        "worst.png",
+    ):
         assert (report / name).read_bytes().startswith(b"\x89PNG")
         assert f"]({name})" in (report / "report.md").read_text()
+    # Two rows of four beats (false alarms, misses), each a beat and its error.
+    assert png_size(report / "worst.png") == (1760, 1012)
+    assert "Worst false alarms and worst misses" in (report / "report.md").read_text()
     assert "precision" in (report / "classification_report.txt").read_text()
 
 
@@ -107,6 +117,8 @@ def test_compare_writes_paired_summary(
             str(data),
             "--normal-label",
             "1",
+            "--models",
+            "dense,conv",
             "--seeds",
             "2",
             "--out",
@@ -119,9 +131,29 @@ def test_compare_writes_paired_summary(
     )
     assert code == 0
     result = json.loads((out / "compare.json").read_text())
-    for name in ("dense", "sparse"):
-        for key in ("roc_auc", "pr_auc", "f1", "sensitivity", "false_alarm_rate"):
-            assert set(result["models"][name][key]) == {"mean", "std"}
-    paired = result["paired"]["dense - sparse"]["roc_auc"]
+    for name in ("dense", "conv"):
+        stats = result["models"][name]
+        for key in (
+            "roc_auc",
+            "pr_auc",
+            "f1",
+            "sensitivity",
+            "false_alarm_rate",
+            "us_per_beat_batch_64",
+            "us_per_beat_batch_1",
+        ):
+            assert set(stats[key]) == {"mean", "std"}
+        assert stats["us_per_beat_batch_1"]["mean"] > 0
+        assert all(run["parity_max_abs_error"] <= 1e-5 for run in stats["runs"])
+    assert result["models"]["conv"]["parameters"] == 87_489
+    paired = result["paired"]["dense - conv"]["roc_auc"]
     assert {"mean_difference", "seed_noise", "exceeds_noise"} <= set(paired)
-    assert "Protocol" in (out / "compare.md").read_text()
+    assert result["winners"]["roc_auc"]["runner_up"] in ("dense", "conv")
+    markdown = (out / "compare.md").read_text()
+    assert "Protocol" in markdown
+    table = (
+        "| model | ROC-AUC | PR-AUC | F1 | sensitivity | "
+        "false-alarm rate (test normals) |"
+    )
+    assert table in markdown
+    assert table in capsys.readouterr().out

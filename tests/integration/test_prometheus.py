@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from beatmon.messages import Truth, encode_beat
 from models.data import BeatSet
 from models.scoring import Scorer, Standardizer
+from models.serving_ops import Dense
 from models.threshold import ThresholdPolicy
 from monitor.batch import score_records
 from monitor.metrics import MonitorMetrics, serve
@@ -77,12 +78,8 @@ def model(ecg5000: BeatSet) -> Model:
     mean = scaled.mean(axis=0)
     components = np.linalg.svd(scaled - mean, full_matrices=False)[2][:8].T
     layers = [
-        (
-            components.astype(np.float32),
-            (-mean @ components).astype(np.float32),
-            "linear",
-        ),
-        (components.T.astype(np.float32), mean.astype(np.float32), "linear"),
+        Dense(components.astype(np.float32), (-mean @ components).astype(np.float32)),
+        Dense(components.T.astype(np.float32), mean.astype(np.float32)),
     ]
     errors = Scorer(layers, scaler, 1.0).score(ecg5000.beats[validation]).errors
     threshold = ThresholdPolicy.parse("false-alarm-rate:0.05").calibrate(errors)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
@@ -17,7 +16,7 @@ import pytest
 from beatmon.errors import BundleError
 from models import bundle as bundle_module
 from models.autoencoder import VARIANTS, build, get_spec
-from models.bundle import load_bundle, load_serving_bundle, save_bundle, verify_bundle
+from models.bundle import load_bundle, save_bundle, verify_bundle
 from models.data import BeatSet
 from models.scoring import Scorer, keras_errors
 from models.train import TrainConfig, Trained, summary_paragraph, train
@@ -165,7 +164,7 @@ def test_crash_while_writing_leaves_the_old_bundle_whole(
         path.write_text(json.dumps(data))
 
     monkeypatch.setattr(bundle_module, "_write_json", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(BundleError, match=r"disk full.*already there is unchanged"):
         save_bundle(trained, saved)
     assert {p.name: p.read_bytes() for p in saved.iterdir()} == before
     assert [p.name for p in saved.parent.iterdir()] == ["bundle"]
@@ -218,15 +217,3 @@ def test_serving_bundle_loads_without_tensorflow_and_matches_keras(
     np.testing.assert_allclose(served, expected, rtol=0, atol=1e-5)
     parity = load_bundle(saved).metadata["serving"]["parity_max_abs_error"]
     assert 0 <= parity <= 1e-5
-
-
-def test_pickled_serving_weights_are_refused(saved: Path) -> None:
-    path = saved / "serving.npz"
-    np.save(
-        path.open("wb"), np.array([{"evil": object}], dtype=object), allow_pickle=True
-    )
-    manifest = json.loads((saved / "manifest.json").read_text())
-    manifest["files"]["serving.npz"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    (saved / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match="cannot read the serving weights"):
-        load_serving_bundle(saved)
