@@ -24,7 +24,17 @@ PLOTS = {
     "roc.png": "ROC curve",
     "pr.png": "Precision-recall curve",
     "confusion.png": "Confusion matrix at the calibrated threshold",
+    "worst.png": "Worst false alarms and worst misses",
 }
+WORST_PER_ROW = 4
+WORST_NOTE = (
+    f"Top row: the {WORST_PER_ROW} normal beats of the evaluation set with the "
+    "highest error, the worst false alarms when above the threshold. Bottom row: "
+    f"the {WORST_PER_ROW} abnormal beats with the lowest error, the worst misses "
+    "when below it. Each shows the beat and its reconstruction, the squared "
+    "error of every sample with the mean of each tenth of the beat, and shaded, "
+    "the tenth that deviates most (as `beatmon explain` draws one beat)."
+)
 
 
 @dataclass(frozen=True)
@@ -34,6 +44,7 @@ class EvaluationSet:
     beats: np.ndarray
     abnormal: np.ndarray
     description: str
+    rows: np.ndarray
 
 
 def evaluation_set(bundle: Bundle, data: BeatSet, normal_label: str) -> EvaluationSet:
@@ -46,12 +57,14 @@ def evaluation_set(bundle: Bundle, data: BeatSet, normal_label: str) -> Evaluati
             ~normal[rows],
             f"the held-out test split of {data.source} ({rows.size} beats, "
             f"seed {bundle.splits.seed})",
+            rows,
         )
     return EvaluationSet(
         data.beats,
         ~normal,
         f"all {len(data.beats)} beats of {data.source}, none of which the model "
         "was trained or calibrated on",
+        np.arange(len(data.beats)),
     )
 
 
@@ -76,6 +89,7 @@ def evaluate(
     report = report_text(errors, chosen.abnormal, bundle.threshold)
     (out / "classification_report.txt").write_text(report)
     _plot_all(bundle, errors, chosen.abnormal, out)
+    _plot_worst(bundle, chosen, errors, data.source, out)
     drawn = [name for name in PLOTS if (out / name).is_file()]
     (out / "report.md").write_text(_report_md(bundle, metrics, report, drawn))
     return metrics
@@ -84,16 +98,13 @@ def evaluate(
 def _plot_all(
     bundle: Bundle, errors: np.ndarray, abnormal: np.ndarray, out: Path
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import (
         ConfusionMatrixDisplay,
         precision_recall_curve,
         roc_curve,
     )
 
+    plt = pyplot()
     threshold = bundle.threshold
     history = bundle.metadata["training"]["history"]
 
@@ -107,7 +118,7 @@ def _plot_all(
     )
     ax.set(xlabel="epoch", ylabel="loss (MSE, scaled units)", title=PLOTS["loss.png"])
     ax.legend()
-    _save(fig, out / "loss.png")
+    save_figure(fig, out / "loss.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     positive = errors[errors > 0]
@@ -121,7 +132,7 @@ def _plot_all(
         xlabel="reconstruction error (MSE)", ylabel="beats", title=PLOTS["errors.png"]
     )
     ax.legend()
-    _save(fig, out / "errors.png")
+    save_figure(fig, out / "errors.png")
 
     if 0 < abnormal.sum() < abnormal.size:
         fpr, tpr, _ = roc_curve(abnormal, errors)
@@ -129,13 +140,13 @@ def _plot_all(
         ax.plot(fpr, tpr)
         ax.plot([0, 1], [0, 1], color="grey", ls=":")
         ax.set(xlabel="false-alarm rate", ylabel="sensitivity", title=PLOTS["roc.png"])
-        _save(fig, out / "roc.png")
+        save_figure(fig, out / "roc.png")
 
         precision, recall, _ = precision_recall_curve(abnormal, errors)
         fig, ax = plt.subplots(figsize=(5, 5))
         ax.plot(recall, precision)
         ax.set(xlabel="recall (sensitivity)", ylabel="precision", title=PLOTS["pr.png"])
-        _save(fig, out / "pr.png")
+        save_figure(fig, out / "pr.png")
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ConfusionMatrixDisplay.from_predictions(
@@ -147,13 +158,72 @@ def _plot_all(
         colorbar=False,
     )
     ax.set_title(PLOTS["confusion.png"], fontsize=9)
-    _save(fig, out / "confusion.png")
+    save_figure(fig, out / "confusion.png")
 
 
-def _save(fig: Any, path: Path) -> None:
+def _plot_worst(
+    bundle: Bundle, chosen: EvaluationSet, errors: np.ndarray, source: str, out: Path
+) -> None:
+    """The normal beats with the highest error and the abnormal ones with the lowest.
+
+    They are ranked by the evaluation's errors and drawn from the serving path,
+    as ``beatmon explain`` draws a beat.
+    """
+    from models.bundle import load_serving_bundle
+    from models.explain import explain, write_gallery
+
+    scorer = load_serving_bundle(bundle.path).scorer
+    normal = np.flatnonzero(~chosen.abnormal)
+    abnormal = np.flatnonzero(chosen.abnormal)
+    picks = [
+        (
+            "false alarms",
+            "normal beats, highest error",
+            normal[np.argsort(-errors[normal], kind="stable")][:WORST_PER_ROW],
+            "normal",
+        ),
+        (
+            "misses",
+            "abnormal beats, lowest error",
+            abnormal[np.argsort(errors[abnormal], kind="stable")][:WORST_PER_ROW],
+            "abnormal",
+        ),
+    ]
+    rows = []
+    for name, caption, picked, truth in picks:
+        if picked.size == 0:
+            continue
+        subjects = [f"row {chosen.rows[i]} of {source}" for i in picked]
+        beats = explain(
+            scorer,
+            chosen.beats[picked],
+            subjects,
+            bundle.version,
+            [truth] * picked.size,
+        )
+        rows.append((f"{name}:\n{caption}", beats))
+    write_gallery(
+        rows,
+        out / "worst.png",
+        f"{PLOTS['worst.png']} of {bundle.version} (threshold {bundle.threshold:.4g})",
+    )
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, which draws to files without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    return plt
+
+
+def save_figure(fig: Any, path: Path, *, tight: bool = True) -> None:
+    """Write ``fig`` as a PNG at ``path`` and free it."""
+    plt = pyplot()
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -206,5 +276,8 @@ def _report_md(
         "",
     ]
     for name in plots:
-        lines += [f"## {PLOTS[name]}", "", f"![{PLOTS[name]}]({name})", ""]
+        lines += [f"## {PLOTS[name]}", ""]
+        if name == "worst.png":
+            lines += [WORST_NOTE, ""]
+        lines += [f"![{PLOTS[name]}]({name})", ""]
     return "\n".join(lines)
