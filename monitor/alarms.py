@@ -65,7 +65,8 @@ Alarm event, version 1 (key: the patient id)::
 
     {"v": 1, "kind": "raised", "episode_id": "9b1e...", "patient": "p0007",
      "priority": "low", "seq": 42, "beat_time": 1764763200.125,
-     "started_at": 1764763200.125, "flagged_in_window": 4, "window": 10}
+     "started_at": 1764763200.125, "flagged_in_window": 4, "window": 10,
+     "model_version": "dense-20261203T130503Z-f501c00c"}
 
 - ``kind``: ``"raised"``, ``"escalated"`` or ``"ended"``;
 - ``episode_id``: derived from the model version, the patient and the
@@ -78,7 +79,11 @@ Alarm event, version 1 (key: the patient id)::
 - ``seq`` and ``beat_time``: the beat that caused the event and its
   ``produced_at``, Unix seconds; ``started_at``: the beat time the episode
   opened;
-- ``flagged_in_window`` of the ``window`` last beats were flagged then.
+- ``flagged_in_window`` of the ``window`` last beats were flagged then;
+- ``model_version``: the model that scored the beat that caused the event
+  (absent when the policy was given none). A patient's state does not
+  depend on the model: when the model is changed while running, open
+  episodes go on, with their ids, under the new one.
 
 Patient status, version 1 (retained, one per patient)::
 
@@ -227,9 +232,12 @@ class AlarmEvent:
     started_at: float
     flagged_in_window: int
     window: int
+    model_version: str = ""
 
     def encode(self) -> bytes:
         data: dict[str, Any] = {"v": ALARM_VERSION, **self.__dict__}
+        if not self.model_version:
+            del data["model_version"]
         return json.dumps(data, separators=(",", ":")).encode()
 
 
@@ -289,6 +297,9 @@ def decode_alarm_event(payload: bytes) -> AlarmEvent:
         started_at=float(_get(data, "started_at", number, what)),
         flagged_in_window=_get(data, "flagged_in_window", int, what),
         window=_get(data, "window", int, what),
+        model_version=(
+            _get(data, "model_version", str, what) if "model_version" in data else ""
+        ),
     )
 
 
@@ -379,7 +390,9 @@ def _material(state: PatientState) -> tuple[object, ...]:
 class AlarmPolicy:
     """Turns beat flags into patient alarm episodes; see the module docstring.
 
-    ``model_version`` goes into the episode ids, as it does into alert ids.
+    ``model_version`` goes into the ids of the episodes it opens, as it does
+    into alert ids, and into every event; the monitor sets it anew when it
+    puts another model in service.
     ``ignored_beats`` counts the re-delivered beats skipped so far.
     """
 
@@ -523,6 +536,7 @@ class AlarmPolicy:
             started_at=state.started_at if state.started_at is not None else now,
             flagged_in_window=count,
             window=state.window_fill,
+            model_version=self.model_version,
         )
         logger.debug(
             "alarm %s: patient=%s seq=%d priority=%s episode=%s flagged=%d/%d",

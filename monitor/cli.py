@@ -125,6 +125,7 @@ def serve(
     from kafka.errors import KafkaError
     from prometheus_client import CollectorRegistry
 
+    from beatmon.kafka_login import check_login
     from models.bundle import load_serving_bundle
     from models.scoring import limit_blas_threads
     from monitor.alarms import AlarmPolicy, AlarmSettings
@@ -163,6 +164,7 @@ def serve(
         model_version=model.version,
     )
     with ExitStack() as stack:
+        check_login(config.bootstrap_servers, kafka_options)
         try:
             ensure_topics(
                 config.bootstrap_servers,
@@ -190,6 +192,15 @@ def serve(
             stack.callback(server.close)
             logger.info("metrics served at %s", server.url)
         mqtt = _start_mqtt(settings, stack) if settings.mqtt.enabled else None
+        watcher = None
+        if settings.reload_interval_s > 0:
+            from monitor.reload import BundleWatcher
+
+            watcher = BundleWatcher(
+                settings.bundle, model, settings.reload_interval_s, metrics=metrics
+            )
+            watcher.start()
+            stack.callback(watcher.close)
 
         monitor = Monitor(
             config,
@@ -203,6 +214,7 @@ def serve(
             stop_event=stopping,
             observers=observers,
             gauges=[_mqtt_gauges(mqtt, metrics)] if mqtt and metrics else [],
+            models=watcher,
         )
         return monitor.run()
 

@@ -9,7 +9,9 @@ every label combination is a separate series in Prometheus.
 The reconstruction-error histogram has log-scale buckets built around the
 model's calibrated threshold, which is itself an exact bucket bound: the
 bucket ``le="<threshold>"`` counts the beats at or below it, and every beat
-above it was flagged.
+above it was flagged. After the model is changed while running, the buckets
+stay those of the first model, so no series changes its bounds; the
+threshold gauge follows the model in service.
 
 Per-beat histograms take a whole batch in one NumPy call, so a batch of 512
 beats costs microseconds rather than a Python call per beat.
@@ -41,6 +43,7 @@ from beatmon.errors import ConfigError
 from monitor.batch import ScoredBatch
 
 Outcome = Literal["normal", "flagged", "invalid"]
+ReloadResult = Literal["ok", "refused"]
 Channel = Literal["kafka", "mqtt"]
 Priority = Literal["low", "medium", "high"]
 TruthLabel = Literal["normal", "abnormal"]
@@ -49,6 +52,7 @@ OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 CHANNELS: tuple[Channel, ...] = get_args(Channel)
 PRIORITIES: tuple[Priority, ...] = get_args(Priority)
 TRUTHS: tuple[TruthLabel, ...] = get_args(TruthLabel)
+RELOAD_RESULTS: tuple[ReloadResult, ...] = get_args(ReloadResult)
 
 ERROR_BUCKETS_PER_OCTAVE = 2
 ERROR_BUCKET_OCTAVES = 6
@@ -259,6 +263,13 @@ class MonitorMetrics:
         self.model_info = Info(
             "beatmon_model", "The model being served", registry=registry
         )
+        self.model_reloads = Counter(
+            "beatmon_model_reloads",
+            "New model bundles found at the watched location, by result: ok (put "
+            "in service) or refused (invalid; the model in service kept scoring)",
+            ["result"],
+            registry=registry,
+        )
         self.threshold_gauge = Gauge(
             "beatmon_threshold",
             "The model's calibrated reconstruction-error threshold",
@@ -286,6 +297,8 @@ class MonitorMetrics:
         for truth in TRUTHS:
             for predicted in TRUTHS:
                 self.truth_beats.labels(truth, predicted)
+        for result in RELOAD_RESULTS:
+            self.model_reloads.labels(result)
         self.model_info.info({"name": str(model.name), "version": str(model.version)})
         self.threshold_gauge.set(self.threshold)
 
@@ -338,6 +351,24 @@ class MonitorMetrics:
             self._mqtt_dropped_seen = dropped_total
         if new > 0:
             self.mqtt_dropped.inc(new)
+
+    def count_reload(self, result: ReloadResult) -> None:
+        """Count one new bundle put in service (ok) or refused."""
+        if result not in RELOAD_RESULTS:
+            raise ConfigError(
+                f"unknown reload result {result!r}; one of {RELOAD_RESULTS}"
+            )
+        self.model_reloads.labels(result).inc()
+
+    def model_swapped(self, model: DescribedModel) -> None:
+        """Show ``model`` as the one in service and count the reload.
+
+        The error histogram keeps the buckets of the model the monitor started
+        with, so its series never change their bounds.
+        """
+        self.model_info.info({"name": str(model.name), "version": str(model.version)})
+        self.threshold_gauge.set(float(model.threshold))
+        self.count_reload("ok")
 
     def count_alarm(self, channel: Channel, priority: Priority) -> None:
         """Count one alarm sent on ``channel`` at ``priority``."""

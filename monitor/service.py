@@ -5,7 +5,14 @@ letters, optional scores) is acknowledged by the broker before the next
 batch starts; offsets are committed at checkpoints, after the alarm-policy
 state has been saved and acknowledged too. A crash re-delivers the beats
 since the last checkpoint, and the re-scored beats carry the same alert and
-episode ids, so subscribers can drop the duplicates.
+episode ids, so subscribers can drop the duplicates. Before partitions move
+to another monitor the same is done at once, so the new owner scores again
+at most the batch that was in hand.
+
+While Kafka is unreachable the loop waits for the batch in hand to be
+acknowledged (the client reconnects with a backoff capped at one second),
+says so once, and says once when Kafka is back; it gives up, without
+committing, after ``delivery_timeout_s``.
 """
 
 from __future__ import annotations
@@ -14,17 +21,22 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
+from kafka import (
+    AsyncConsumerRebalanceListener,
+    KafkaConsumer,
+    KafkaProducer,
+    TopicPartition,
+)
+from kafka.errors import KafkaError, KafkaTimeoutError
 from kafka.structs import OffsetAndMetadata
 
 from beatmon.errors import MessageError, TransportError
+from beatmon.outage import RECONNECT_BACKOFF_MAX_MS, UNREACHABLE_AFTER_S, OutageLog
 from models.bundle import ServingBundle
 from monitor.alarms import AlarmEvent, AlarmPolicy, Priority
 from monitor.batch import Record, ScoredBatch, score_message, score_records
@@ -38,6 +50,11 @@ Outgoing = tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
 
 IDLE_POLL_MS = 100
 TOPIC_WAIT_S = 30.0
+# How long one wait for acknowledgements lasts before the monitor checks on
+# the broker; the whole wait is bounded by ``delivery_timeout_s``.
+FLUSH_SLICE_S = 1.0
+# An idle monitor asks the broker for end offsets this long, once per report.
+PROBE_TIMEOUT_MS = 2000
 LATENCY_SAMPLES = 100_000
 LOGGED_DEAD_LETTERS_PER_REPORT = 10
 
@@ -88,6 +105,8 @@ class MonitorStats:
     batches: int = 0
     commit_failures: int = 0
     started_at: float = field(default_factory=time.monotonic)
+    # Seconds the loop spent putting each new model in service.
+    swap_stalls_s: list[float] = field(default_factory=list)
     # Counts of (truth, predicted) for beats that carried ground truth.
     truth: Counter[tuple[str, str]] = field(default_factory=Counter)
     latencies_s: deque[float] = field(
@@ -118,39 +137,87 @@ class MonitorStats:
         return float(np.quantile(self.latencies_s, q)) if self.latencies_s else None
 
 
-class Rebalances(ConsumerRebalanceListener):
-    """Logs partition changes and tells the loop to reload the alarm state.
+Offsets = dict[TopicPartition, OffsetAndMetadata]
 
-    It runs on the consumer's network thread, so it only sets a flag; the
-    loop drops records of revoked partitions and reloads state itself.
+
+class Rebalances(AsyncConsumerRebalanceListener):
+    """Commits what was scored before partitions move away, and tells the
+    loop to reload the alarm state when partitions arrive.
+
+    kafka-python runs these callbacks on its network thread while the loop's
+    thread waits inside ``consumer.poll()`` or ``consumer.close()``, that is
+    between two batches, so the monitor's state does not change under them.
+    They are coroutines so that the commit can be awaited on that thread.
+    The assignment can complete in a later poll than the revocation; in
+    between, the loop may still score the batch it had in hand (see
+    :meth:`Monitor._reload_alarm_state_if_assigned`).
     """
 
     def __init__(self) -> None:
         self.assigned = threading.Event()
+        self._consumer: KafkaConsumer | None = None
+        self._handover: Callable[[], Offsets] | None = None
+        self._lost: Callable[[set[TopicPartition]], None] | None = None
 
-    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        if revoked:
-            logger.info("partitions revoked: %s", _partitions(revoked))
+    def attach(
+        self,
+        consumer: KafkaConsumer,
+        handover: Callable[[], Offsets],
+        lost: Callable[[set[TopicPartition]], None],
+    ) -> None:
+        """Before a revocation, save with ``handover`` and commit the offsets it
+        returns; after partitions are lost, tell ``lost`` which."""
+        self._consumer = consumer
+        self._handover = handover
+        self._lost = lost
 
-    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if not revoked:
+            return
+        logger.info("partitions revoked: %s", _partitions(revoked))
+        if self._consumer is None or self._handover is None:
+            return
+        offsets = self._handover()
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit_async(offsets)
+        except KafkaError as exc:
+            logger.warning(
+                "commit at hand-over failed (%s); the new owner scores the beats "
+                "since the last commit again, with the same alert ids",
+                exc,
+            )
+        else:
+            logger.info("committed at hand-over: %s", _offsets(offsets))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if assigned:
             logger.info("partitions assigned: %s", _partitions(assigned))
         self.assigned.set()
 
-    def on_partitions_lost(self, lost: Sequence[TopicPartition]) -> None:
+    async def on_partitions_lost(self, lost: set[TopicPartition]) -> None:
         logger.warning(
             "partitions lost without a clean hand-over: %s; their uncommitted "
             "beats will be scored again by the new owner",
             _partitions(lost),
         )
+        if self._lost is not None:
+            self._lost(set(lost))
 
 
-def _partitions(parts: Sequence[TopicPartition]) -> str:
+def _offsets(offsets: Offsets) -> str:
+    return ", ".join(
+        f"{tp.topic}[{tp.partition}]@{om.offset}" for tp, om in sorted(offsets.items())
+    )
+
+
+def _partitions(parts: Collection[TopicPartition]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(parts)) or "none"
 
 
 def make_consumer(
-    config: MonitorConfig, listener: ConsumerRebalanceListener | None = None
+    config: MonitorConfig, listener: Rebalances | None = None
 ) -> KafkaConsumer:
     """A consumer in the monitor's group with manual commits and bounded polls."""
     consumer = KafkaConsumer(
@@ -167,6 +234,7 @@ def make_consumer(
         # metadata is not known yet; refreshing it often lets the change
         # trigger the rebalance within seconds instead of minutes.
         metadata_max_age_ms=5_000,
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         **config.kafka_options,
     )
     # Join the group only once the beat topic's partitions are known: a member
@@ -183,6 +251,13 @@ def make_consumer(
             break
         time.sleep(0.2)
     consumer.subscribe([config.beats_topic], listener=listener or Rebalances())
+    # kafka-python's group coordinator keeps its own view of the subscribed
+    # topics' partitions, rebuilt only when metadata arrives after subscribe().
+    # A member that joins before then assigns against an empty view, so the
+    # next metadata update forces a second rebalance at once; a poll that
+    # timed out during that one was seen to leave the member with no
+    # partitions for good. Fetching the metadata now makes the view current.
+    consumer.topics()
     return consumer
 
 
@@ -195,6 +270,7 @@ def make_producer(config: MonitorConfig) -> KafkaProducer:
         linger_ms=2,
         batch_size=256 * 1024,
         delivery_timeout_ms=int(config.delivery_timeout_s * 1000),
+        reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         **config.kafka_options,
     )
 
@@ -216,9 +292,20 @@ class Metrics(BatchObserver, Protocol):
 
     def set_lag(self, lags: Mapping[int, int]) -> None: ...
 
+    def model_swapped(self, model: ServingBundle) -> None: ...
+
+
+class ModelSource(Protocol):
+    """Hands over a checked model to put in service (monitor.reload.BundleWatcher)."""
+
+    def take(self) -> ServingBundle | None: ...
+
 
 class Monitor:
-    """Scores beats from a topic with one model; see the module docstring.
+    """Scores beats from a topic with one model at a time; see the module docstring.
+
+    With ``models`` (a bundle watcher), a new model goes into service between
+    two batches, so every beat is scored by exactly one model version.
 
     With an alarm policy, each batch's alarm events go to the alarm topic
     with its alerts. Every ``checkpoint_interval_ms`` the policy state of the
@@ -242,6 +329,7 @@ class Monitor:
         gauges: Sequence[Callable[[], None]] = (),
         clock: Callable[[], float] = time.time,
         stop_event: threading.Event | None = None,
+        models: ModelSource | None = None,
     ) -> None:
         self.config = config
         self.model = model
@@ -261,6 +349,20 @@ class Monitor:
         self._touched: set[str] = set()
         self._buckets = StateBuckets()
         self._checkpointed_at = time.monotonic()
+        self.models = models
+        self._outage = OutageLog(logger, "Kafka")
+        # Set once the loop ended on an error: the batch in hand may not be
+        # acknowledged, so nothing may be saved or committed after that.
+        self._halted = False
+        self._handover_error: DeliveryError | None = None
+        self._records_at_probe = 0
+        # Beat partitions whose patients' alarm state in memory is current.
+        self._held: set[int] = set()
+        # From a revocation until the new assignment is taken up: no
+        # checkpoint may save or commit then, see _reload_alarm_state_if_assigned.
+        self._rebalancing = False
+        if rebalances is not None:
+            rebalances.attach(consumer, self._before_revocation, self._forget_lost)
 
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand, commit, and return."""
@@ -280,17 +382,26 @@ class Monitor:
             self.config.max_wait_ms,
             "on" if self.alarms else "off",
         )
-        while not self._stop.is_set():
-            self._reload_alarm_state_if_assigned()
-            records = self._collect_batch()
-            if records:
-                self.process(records)
-            if self._pending and self._checkpoint_due():
+        try:
+            while not self._stop.is_set():
+                self._swap_model_if_ready()
+                self._reload_alarm_state_if_assigned()
+                records = self._collect_batch()
+                if records:
+                    self.process(records)
+                if self._pending and self._checkpoint_due() and not self._rebalancing:
+                    self.checkpoint()
+                if self._report.due():
+                    self._probe_if_idle()
+                    self._update_gauges()
+                    self._report.log(self.stats)
+            # Mid-rebalance, what was scored since the revocation is left to
+            # the partitions' next owner (see _reload_alarm_state_if_assigned).
+            if not self._rebalancing:
                 self.checkpoint()
-            if self._report.due():
-                self._update_gauges()
-                self._report.log(self.stats)
-        self.checkpoint()
+        except BaseException:
+            self._halted = True
+            raise
         self._report.log(self.stats, final=True)
         return self.stats
 
@@ -312,9 +423,24 @@ class Monitor:
                 timeout_ms = int((deadline - time.monotonic()) * 1000)
                 if timeout_ms <= 0:
                     break
-            polled = self.consumer.poll(
-                timeout_ms=timeout_ms, max_records=self.config.max_batch - len(batch)
-            )
+            try:
+                polled = self.consumer.poll(
+                    timeout_ms=timeout_ms,
+                    max_records=self.config.max_batch - len(batch),
+                )
+            except KafkaError as exc:
+                if not exc.retriable:
+                    raise
+                # The consumer reconnects by itself; nothing is lost meanwhile.
+                self._outage.unreachable(
+                    time.monotonic(),
+                    f"the consumer cannot fetch ({type(exc).__name__}: {exc}); "
+                    "it keeps retrying",
+                )
+                time.sleep(RECONNECT_BACKOFF_MAX_MS / 1000)
+                break
+            if self._handover_error is not None:
+                raise self._handover_error
             for records in polled.values():
                 batch.extend(records)
             if batch and deadline is None:
@@ -367,6 +493,37 @@ class Monitor:
             observer.on_batch(batch)
         return batch
 
+    def _swap_model_if_ready(self) -> None:
+        """Between two batches, put the model the watcher checked in service.
+
+        Loading and checking happened on the watcher's thread; here only the
+        reference changes, so the loop stalls for microseconds. The alarm
+        state is per patient and stays as it is.
+        """
+        if self.models is None:
+            return
+        started = time.perf_counter()
+        new = self.models.take()
+        if new is None:
+            return
+        old = self.model
+        self.model = new
+        if self.alarms:
+            self.alarms.model_version = new.version
+        if self.metrics:
+            self.metrics.model_swapped(new)
+        stall_s = time.perf_counter() - started
+        self.stats.swap_stalls_s.append(stall_s)
+        logger.info(
+            "model swapped: old_version=%s new_version=%s old_threshold=%.6g "
+            "new_threshold=%.6g stall_ms=%.3f",
+            old.version,
+            new.version,
+            old.threshold,
+            new.threshold,
+            stall_s * 1000,
+        )
+
     def _hand_over_alarm(self, event: AlarmEvent) -> None:
         logger.debug(
             "alarm %s: patient=%s priority=%s episode=%s seq=%d flagged=%d/%d",
@@ -395,7 +552,7 @@ class Monitor:
             for a in batch.alerts
         ]
         sends += [
-            (config.dead_letter_topic, d.record.key, d.record.value, d.headers())
+            (config.dead_letter_topic, d.key(), d.value(), d.headers())
             for d in batch.dead_letters
         ]
         sends += [
@@ -424,7 +581,12 @@ class Monitor:
             tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]
         ],
     ) -> None:
-        """Send every message and return once the broker acknowledged them all."""
+        """Send every message and return once the broker acknowledged them all.
+
+        While the broker is away the producer keeps the messages and retries;
+        this waits, saying once that Kafka is unreachable and once that it is
+        back, and gives up with DeliveryError after ``delivery_timeout_s``.
+        """
         if not sends:
             return
         futures = [
@@ -432,19 +594,37 @@ class Monitor:
             for topic, key, value, headers in sends
         ]
         timeout_s = self.config.delivery_timeout_s
-        try:
-            self.producer.flush(timeout=timeout_s)
-        except KafkaError as exc:
-            raise DeliveryError(
-                f"Kafka did not acknowledge {len(futures)} messages within "
-                f"{timeout_s:g} s: {exc}; offsets not committed"
-            ) from exc
+        started = time.monotonic()
+        while True:
+            waited_s = time.monotonic() - started
+            try:
+                self.producer.flush(
+                    timeout=max(min(FLUSH_SLICE_S, timeout_s - waited_s), 0)
+                )
+                break
+            except KafkaTimeoutError as exc:
+                waited_s = time.monotonic() - started
+                if waited_s >= timeout_s:
+                    raise DeliveryError(
+                        f"Kafka did not acknowledge {len(futures)} messages within "
+                        f"{timeout_s:g} s: {exc}; offsets not committed"
+                    ) from exc
+                if waited_s >= UNREACHABLE_AFTER_S:
+                    self._outage.unreachable(
+                        started,
+                        f"{sum(not f.is_done for f in futures)} of {len(futures)} "
+                        f"messages not acknowledged for {waited_s:.0f} s; scoring "
+                        f"waits while the producer retries (reconnecting at least "
+                        f"every {RECONNECT_BACKOFF_MAX_MS / 1000:g} s), for up to "
+                        f"{timeout_s:g} s",
+                    )
         failed = [f.exception for f in futures if not f.succeeded()]
         if failed:
             raise DeliveryError(
                 f"Kafka refused {len(failed)} of {len(futures)} messages "
                 f"(first: {failed[0]!r}); offsets not committed"
             )
+        self._outage.reachable(f"{len(futures)} messages acknowledged; scoring goes on")
 
     def _checkpoint_due(self) -> bool:
         if self.alarms is None:
@@ -459,21 +639,7 @@ class Monitor:
         owner: it is neither saved nor committed here, and those beats are
         scored again there, with the same alert and episode ids.
         """
-        self._checkpointed_at = time.monotonic()
-        owned = self.consumer.assignment()
-        if self.alarms:
-            partitions = {tp.partition for tp in owned}
-            self._buckets.forget_all_but(self.alarms, partitions)
-            changed = self.alarms.due_for_saving(self._touched)
-            self._touched.clear()
-            self._send_and_wait(
-                [
-                    (self.config.alarm_state_topic, key, value, [])
-                    for key, value in self._buckets.messages(self.alarms, changed)
-                ]
-            )
-        offsets = {tp: om for tp, om in self._pending.items() if tp in owned}
-        self._pending.clear()
+        offsets = self._save_for_commit()
         if not offsets:
             return
         try:
@@ -486,12 +652,86 @@ class Monitor:
                 exc,
             )
 
+    def _save_for_commit(self) -> Offsets:
+        """Write and acknowledge the alarm state; the offsets it covers."""
+        self._checkpointed_at = time.monotonic()
+        owned = self.consumer.assignment()
+        if self.alarms:
+            partitions = {tp.partition for tp in owned}
+            self._buckets.forget_all_but(self.alarms, partitions)
+            self._held &= partitions
+            changed = self.alarms.due_for_saving(self._touched)
+            self._touched.clear()
+            self._send_and_wait(
+                [
+                    (self.config.alarm_state_topic, key, value, [])
+                    for key, value in self._buckets.messages(self.alarms, changed)
+                ]
+            )
+        offsets = {tp: om for tp, om in self._pending.items() if tp in owned}
+        self._pending.clear()
+        return offsets
+
+    def _before_revocation(self) -> Offsets:
+        """Before partitions move: save everything scored so far and return its
+        offsets, so that the new owner starts after it. Nothing after an error.
+        """
+        self._rebalancing = True
+        if self._halted:
+            return {}
+        try:
+            return self._save_for_commit()
+        except DeliveryError as exc:
+            self._halted = True
+            self._handover_error = exc
+            return {}
+
+    def _forget_lost(self, lost: set[TopicPartition]) -> None:
+        """Partitions taken away without a hand-over: their uncommitted offsets
+        must not be committed later, as their alarm state was not saved."""
+        self._rebalancing = True
+        for tp in lost:
+            self._pending.pop(tp, None)
+            self._held.discard(tp.partition)
+
+    def _probe_if_idle(self) -> None:
+        """When no beat arrived since the last report, ask the broker for end
+        offsets, so that an idle monitor notices an outage and its end too."""
+        if self.stats.records > self._records_at_probe:
+            self._records_at_probe = self.stats.records
+            return
+        topic = self.config.beats_topic
+        started = time.monotonic()
+        try:
+            parts = [
+                TopicPartition(topic, p)
+                for p in sorted(self.consumer.partitions_for_topic(topic))
+            ]
+            self.consumer.end_offsets(parts, timeout_ms=PROBE_TIMEOUT_MS)
+        except KafkaError as exc:
+            self._outage.unreachable(
+                started,
+                f"no answer about topic={topic} within {PROBE_TIMEOUT_MS / 1000:g} s "
+                f"({type(exc).__name__}); the consumer keeps retrying",
+            )
+        else:
+            self._outage.reachable(f"topic={topic} answers again")
+
     def _reload_alarm_state_if_assigned(self) -> None:
-        """After partitions were assigned, load the alarm state they need."""
+        """After partitions were assigned, load the alarm state of the new ones.
+
+        A partition kept through a rebalance keeps its state in memory: its
+        position is kept too, and the batch in hand when the rebalance began
+        was scored after the state was saved at the revocation, so the saved
+        state would be a batch behind.
+        """
         if self.rebalances is None or not self.rebalances.assigned.is_set():
             return
         self.rebalances.assigned.clear()
-        if self.alarms is None:
+        self._rebalancing = False
+        owned = {tp.partition for tp in self.consumer.assignment()}
+        new, self._held = owned - self._held, owned
+        if self.alarms is None or not new:
             return
         started = time.monotonic()
         states = read_latest_by_key(
@@ -501,6 +741,8 @@ class Monitor:
         )
         restored = 0
         for key, payload in states.items():
+            if _bucket_partition(key) not in new:
+                continue
             try:
                 restored += self._buckets.restore(self.alarms, payload)
             except MessageError as exc:
@@ -510,8 +752,9 @@ class Monitor:
                     exc,
                 )
         logger.info(
-            "alarm state restored: patients=%d topic=%s seconds=%.2f",
+            "alarm state restored: patients=%d partitions=%s topic=%s seconds=%.2f",
             restored,
+            ",".join(str(p) for p in sorted(new)),
             self.config.alarm_state_topic,
             time.monotonic() - started,
         )
@@ -530,12 +773,27 @@ class Monitor:
                 ends.update(self.consumer.end_offsets(unknown, timeout_ms=2000))
             except KafkaError as exc:
                 logger.debug("end offsets unavailable for the lag gauge: %s", exc)
-        lags = {
-            tp.partition: max(end - self.consumer.position(tp), 0)
-            for tp, end in ends.items()
-            if end is not None
-        }
+        try:
+            lags = {
+                tp.partition: max(
+                    end - self.consumer.position(tp, timeout_ms=PROBE_TIMEOUT_MS), 0
+                )
+                for tp, end in ends.items()
+                if end is not None
+            }
+        except KafkaError as exc:
+            # Only a gauge: while Kafka is away it keeps its last values.
+            logger.debug("positions unavailable for the lag gauge: %s", exc)
+            return
         self.metrics.set_lag(lags)
+
+
+def _bucket_partition(key: str) -> int | None:
+    """The beat partition of an alarm-state key ``"<partition>:<bucket>"``."""
+    try:
+        return int(key.split(":", 1)[0])
+    except ValueError:
+        return None
 
 
 def _fmt(value: float | None, scale: float, spec: str) -> str:

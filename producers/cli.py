@@ -67,12 +67,17 @@ def make_producer(
 
     ``client_options`` are further kafka-python keyword arguments, such as the
     security ones of :meth:`KafkaSettings.client_options`. Raises
-    TransportError when no broker at ``bootstrap`` answers within
-    ``connect_timeout_s`` seconds.
+    TransportError when the brokers refuse the SASL login, or when no broker
+    at ``bootstrap`` answers within ``connect_timeout_s`` seconds.
     """
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
+    from beatmon.kafka_login import check_login
+    from beatmon.outage import RECONNECT_BACKOFF_MAX_MS
+    from producers.replay import DELIVERY_TIMEOUT_S
+
+    check_login(bootstrap, client_options)
     try:
         return KafkaProducer(
             bootstrap_servers=bootstrap,
@@ -81,6 +86,8 @@ def make_producer(
             batch_size=BATCH_SIZE_BYTES,
             max_block_ms=MAX_BLOCK_MS,
             bootstrap_timeout_ms=int(connect_timeout_s * 1000),
+            delivery_timeout_ms=int(DELIVERY_TIMEOUT_S * 1000),
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
             **client_options,
         )
     except (KafkaError, OSError, ValueError) as exc:

@@ -24,6 +24,7 @@ from kafka.partitioner.default import murmur2
 
 from beatmon.errors import ConfigError, DataError, TransportError
 from beatmon.messages import Truth, encode_beat_text, samples_text
+from beatmon.outage import RECONNECT_BACKOFF_MAX_MS, UNREACHABLE_AFTER_S, OutageLog
 from models.data import BeatSet
 from producers import DEFAULT_TOPIC
 
@@ -33,6 +34,10 @@ MIN_PATIENT_ID_DIGITS = 4
 PATIENT_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,16}")
 # Longest single sleep, so a stop request is honoured within this time.
 MAX_SLEEP_S = 0.1
+# The producer retries a beat for this long before it counts as not delivered.
+DELIVERY_TIMEOUT_S = 120.0
+# How long the final flush waits in one go before checking on the broker.
+FLUSH_SLICE_S = 1.0
 
 StopReason = Literal["end of file", "limit", "duration", "interrupted"]
 
@@ -155,6 +160,8 @@ class PreparedRows:
 
 
 class DeliveryFuture(Protocol):
+    def add_callback(self, f: Callable[..., Any], *args: Any) -> Any: ...
+
     def add_errback(self, f: Callable[..., Any], *args: Any) -> Any: ...
 
 
@@ -191,7 +198,9 @@ class ReplaySettings:
     limit: int | None = None
     duration_s: float | None = None
     report_every_s: float = 5.0
-    flush_timeout_s: float = 30.0
+    # Beyond the producer's delivery timeout, so that every beat has an
+    # outcome (acknowledged or failed) when the replay reports its totals.
+    flush_timeout_s: float = DELIVERY_TIMEOUT_S + 10.0
     rhythm: Rhythm = Rhythm()
     patient_prefix: str = "p"
 
@@ -233,14 +242,41 @@ def partition_for_key(key: bytes, partitions: Collection[int]) -> int:
     return ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)]
 
 
-class _FailureCounter:
-    """Counts failed deliveries; runs on the producer's network thread."""
+class _Deliveries:
+    """Counts acknowledged and failed beats, and notices when Kafka stops
+    acknowledging. The callbacks run on the producer's network thread."""
 
-    def __init__(self, topic: str) -> None:
+    def __init__(self, topic: str, clock: Callable[[], float]) -> None:
         self.topic = topic
+        self.clock = clock
+        self.sent = 0
+        self.acked = 0
         self.failed = 0
+        # When the oldest beat still waiting was sent, or the last ack came.
+        self.progress_at = clock()
+        self.outage = OutageLog(logger, "Kafka", clock)
 
-    def __call__(self, exc: BaseException) -> None:
+    @property
+    def pending(self) -> int:
+        return self.sent - self.acked - self.failed
+
+    def track(self, future: DeliveryFuture) -> None:
+        if self.pending == 0:
+            self.progress_at = self.clock()
+        self.sent += 1
+        future.add_callback(self._acked)
+        future.add_errback(self._failed)
+
+    def _acked(self, _metadata: object) -> None:
+        self.acked += 1
+        self.progress_at = self.clock()
+        if self.outage.down:
+            self.outage.reachable(
+                f"beats are acknowledged again; topic={self.topic} "
+                f"waiting={self.pending}"
+            )
+
+    def _failed(self, exc: BaseException) -> None:
         self.failed += 1
         if self.failed == 1:
             logger.warning(
@@ -248,6 +284,20 @@ class _FailureCounter:
                 "counted",
                 self.topic,
                 exc,
+            )
+
+    def watch(self) -> None:
+        """Declare an outage once acknowledgements are overdue."""
+        waiting = self.pending
+        since = self.progress_at
+        if waiting and self.clock() - since > UNREACHABLE_AFTER_S:
+            self.outage.unreachable(
+                since,
+                f"no beat acknowledged for {UNREACHABLE_AFTER_S:g} s; "
+                f"topic={self.topic} waiting={waiting}. The producer keeps them "
+                f"and retries (reconnecting at least every "
+                f"{RECONNECT_BACKOFF_MAX_MS / 1000:g} s) for up to "
+                f"{DELIVERY_TIMEOUT_S:g} s per beat",
             )
 
 
@@ -279,7 +329,7 @@ def replay(
     seqs = [0] * settings.patients
     texts, truths, n_rows = rows.samples, rows.truths, len(rows)
     limit, speed = settings.limit, settings.speed
-    on_error = _FailureCounter(topic)
+    deliveries = _Deliveries(topic, clock)
     logger.info(
         "replaying: source=%s beats=%d topic=%s patients=%d speed=%s loop=%s "
         "limit=%s duration_s=%s",
@@ -330,12 +380,13 @@ def replay(
                     topic, value=value, key=keys[patient], partition=partitions[patient]
                 )
             except KafkaError as exc:
-                _flush(producer, settings.flush_timeout_s)
+                _flush(producer, deliveries, settings.flush_timeout_s)
                 raise TransportError(
                     f"Kafka refused beat patient={ids[patient]} seq={seq} "
                     f"topic={topic}: {exc}"
                 ) from exc
-            future.add_errback(on_error)
+            deliveries.track(future)
+            deliveries.watch()
             sent += 1
             row += 1
 
@@ -345,15 +396,16 @@ def replay(
                     sent,
                     (sent - sent_at_report) / (now - last_report),
                     settings.patients,
-                    on_error.failed,
+                    deliveries.failed,
                 )
                 last_report, sent_at_report = now, sent
                 next_report = now + settings.report_every_s
     except KeyboardInterrupt:
         reason = "interrupted"
 
-    _flush(producer, settings.flush_timeout_s)
-    stats = ReplayStats(sent, on_error.failed, clock() - start, reason)
+    # A beat still waiting when the flush gives up counts as not delivered.
+    unresolved = _flush(producer, deliveries, settings.flush_timeout_s)
+    stats = ReplayStats(sent, deliveries.failed + unresolved, clock() - start, reason)
     logger.info(
         "replay finished: sent=%d failed=%d elapsed_s=%.2f rate=%.0f/s "
         "stopped_by=%s topic=%s",
@@ -395,12 +447,25 @@ def _partitions(producer: Producer, topic: str, keys: list[bytes]) -> list[int]:
     return [partition_for_key(key, partitions) for key in keys]
 
 
-def _flush(producer: Producer, timeout_s: float) -> None:
-    try:
-        producer.flush(timeout=timeout_s)
-    except KafkaError as exc:
-        logger.warning(
-            "flush did not finish within %.0f s (%s); beats still buffered may be lost",
-            timeout_s,
-            exc,
-        )
+def _flush(producer: Producer, deliveries: _Deliveries, timeout_s: float) -> int:
+    """Wait up to ``timeout_s`` for every beat sent to be acknowledged or failed.
+
+    Returns how many beats were still waiting when it gave up (0 when done).
+    """
+    deadline = deliveries.clock() + timeout_s
+    while True:
+        remaining = deadline - deliveries.clock()
+        try:
+            producer.flush(timeout=max(min(FLUSH_SLICE_S, remaining), 0.0))
+            return 0
+        except KafkaError as exc:
+            deliveries.watch()
+            if deliveries.clock() >= deadline:
+                logger.warning(
+                    "flush did not finish within %.0f s (%s); %d beats not "
+                    "acknowledged count as not delivered",
+                    timeout_s,
+                    exc,
+                    deliveries.pending,
+                )
+                return deliveries.pending

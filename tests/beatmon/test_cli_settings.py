@@ -184,6 +184,9 @@ def test_help_shows_defaults_and_no_password(
 
 
 class FakeFuture:
+    def add_callback(self, f: Callable[..., Any], *args: Any) -> FakeFuture:
+        return self
+
     def add_errback(self, f: Callable[..., Any], *args: Any) -> FakeFuture:
         return self
 
@@ -221,6 +224,8 @@ def test_replay_passes_sasl_settings_to_the_producer_and_never_logs_the_password
         return FakeProducer()
 
     monkeypatch.setattr(kafka, "KafkaProducer", kafka_producer)
+    # No broker here: the login check must not reach one on the default port.
+    monkeypatch.setattr("beatmon.kafka_login.check_login", lambda *_, **__: None)
     beats = write_plain_beats(tmp_path)
 
     with caplog.at_level(logging.DEBUG):

@@ -570,3 +570,20 @@ def test_checkpoints_of_due_snapshots_restore_to_the_uninterrupted_run(
     events += restored.apply(beats[crash_at:], flags[crash_at:])
     assert summary(events) == summary(expected)
     assert [e.episode_id for e in events] == [e.episode_id for e in expected]
+
+
+def test_events_carry_the_model_version_and_episodes_outlive_a_model_change() -> None:
+    policy = AlarmPolicy(model_version="dense-a")
+    beats, marks = beats_of(BURST)
+    before = policy.apply(beats[:5], marks[:5])
+    policy.model_version = "dense-b"
+    after = policy.apply(beats[5:], marks[5:])
+    assert [e.kind for e in before] == ["raised"]
+    assert before[0].model_version == "dense-a"
+    assert {e.model_version for e in after} == {"dense-b"}
+    # The episode opened under the first model goes on and ends under the second.
+    assert {e.episode_id for e in after} == {before[0].episode_id}
+    assert after[-1].kind == "ended"
+    for event in before + after:
+        assert decode_alarm_event(event.encode()) == event
+        assert json.loads(event.encode())["model_version"] == event.model_version

@@ -240,6 +240,7 @@ def test_metric_names_follow_prometheus_conventions() -> None:
         "beatmon_dead_letters",
         "beatmon_mqtt_dropped",
         "beatmon_truth_beats",
+        "beatmon_model_reloads",
     }  # exposed with the _total suffix
     assert names["beatmon_end_to_end_latency_seconds"] == "histogram"
     assert names["beatmon_inference_seconds"] == "histogram"

@@ -70,10 +70,15 @@ class FakeClock:
 
 
 class FakeFuture:
-    """Fails at once, like a kafka future that is already done, when told to."""
+    """A kafka future that is already done: acknowledged, or failed when told to."""
 
     def __init__(self, error: Exception | None) -> None:
         self.error = error
+
+    def add_callback(self, f: Callable[..., Any], *args: Any) -> FakeFuture:
+        if self.error is None:
+            f(*args, None)
+        return self
 
     def add_errback(self, f: Callable[..., Any], *args: Any) -> FakeFuture:
         if self.error is not None:
@@ -402,6 +407,92 @@ def test_failed_deliveries_are_counted(caplog: pytest.LogCaptureFixture) -> None
     assert (stats.sent, stats.failed) == (7, 2)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "topic=beatmon.beats" in warnings[0].getMessage()
+
+
+class HeldFuture:
+    """A kafka future that stays pending until :meth:`ack`."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.callbacks: list[Callable[[], Any]] = []
+
+    def add_callback(self, f: Callable[..., Any], *args: Any) -> HeldFuture:
+        self.callbacks.append(lambda: f(*args, None))
+        if self.done:
+            self.callbacks.pop()()
+        return self
+
+    def add_errback(self, f: Callable[..., Any], *args: Any) -> HeldFuture:
+        return self
+
+    def ack(self) -> None:
+        self.done = True
+        while self.callbacks:
+            self.callbacks.pop(0)()
+
+
+@dataclass
+class OutageProducer(RecordingProducer):
+    """Acknowledges nothing while the clock is in [down_from, down_until)."""
+
+    down_from: float = 0.0
+    down_until: float = 0.0
+    held: list[HeldFuture] = field(default_factory=list)
+
+    def _down(self) -> bool:
+        return self.down_from <= self.clock() < self.down_until
+
+    def _release(self) -> None:
+        for future in self.held:
+            future.ack()
+        self.held.clear()
+
+    def send(self, *args: Any, **kwargs: Any) -> Any:
+        super().send(*args, **kwargs)
+        future = HeldFuture()
+        self.held.append(future)
+        if not self._down():
+            self._release()
+        return future
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.flushes += 1
+        if self._down():
+            # A real flush blocks for its timeout before giving up.
+            self.clock.now += timeout or 0.0  # type: ignore[attr-defined]
+            raise KafkaTimeoutError("flush timed out")
+        self._release()
+
+
+def test_beats_never_acknowledged_count_as_not_delivered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    producer = OutageProducer(clock=clock, down_from=1000.0, down_until=1e9)
+    rows = PreparedRows.from_beats(make_rows(), "1")
+    settings = ReplaySettings(speed=None, limit=7, flush_timeout_s=30.0)
+    with caplog.at_level(logging.WARNING, logger="producers"):
+        stats = replay(rows, producer, settings, clock=clock, sleep=clock.sleep)
+    assert (stats.sent, stats.failed) == (7, 7)
+    assert clock.now - 1000.0 == pytest.approx(30.0)
+    assert any("count as not delivered" in r.getMessage() for r in caplog.records)
+
+
+def test_an_outage_is_logged_once_and_its_end_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    producer = OutageProducer(clock=clock, down_from=1002.0, down_until=1022.0)
+    rows = PreparedRows.from_beats(make_rows(), "1")
+    settings = ReplaySettings(patients=20, loop=True, duration_s=30.0)
+    with caplog.at_level(logging.INFO, logger="producers"):
+        stats = replay(rows, producer, settings, clock=clock, sleep=clock.sleep)
+    messages = [r.getMessage() for r in caplog.records]
+    down = [m for m in messages if m.startswith("Kafka unreachable")]
+    back = [m for m in messages if m.startswith("Kafka reachable again")]
+    assert len(down) == 1 and "waiting=" in down[0]
+    assert len(back) == 1 and "after 20." in back[0]
+    assert stats.failed == 0 and not producer.held
 
 
 def test_a_refused_send_raises_transport_error_after_flushing() -> None:
