@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNS ?= runs
 
-.PHONY: install services lab test test-unit check format demo bench-lab bench-stream bench-soak clean
+.PHONY: install services lab test test-unit faults check format demo bench-lab bench-stream bench-soak bench-poison clean
 
 # PYTHONWARNINGS=ignore: the build backend warns that top-level folders share
 # the package names, which is this project's layout, not a problem.
@@ -44,6 +44,13 @@ test: $(STAMP) services
 test-unit: $(STAMP)
 	$(BIN)/pytest -q -m "not integration"
 
+# The fault matrix alone (tests/faults, about 3.5 minutes): the monitor killed
+# and restarted, Kafka and Mosquitto stopped mid-stream, monitors leaving and
+# joining, damaged bundles and a full disk; it ends with a summary table,
+# also written to runs/faults/fault-matrix.md. `make test` runs it too.
+faults: $(STAMP) services
+	$(BIN)/pytest -q -m faults
+
 check: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
@@ -63,6 +70,11 @@ bench-stream: $(STAMP)
 # ten minutes at 10,000 beats/s.
 bench-soak: $(STAMP)
 	$(BIN)/python bench/soak.py
+
+# A few minutes: the monitor on 50,000 valid beats alone, then on the same
+# beats with 50,000 malformed messages among them.
+bench-poison: $(STAMP)
+	$(BIN)/python bench/poison.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

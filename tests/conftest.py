@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -14,6 +15,9 @@ quiet_tensorflow()
 
 from models.data import BUILTIN, BeatSet, load_beats  # noqa: E402
 from tests.services import PrometheusServer  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.streams import MonitorProcess, Topics
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +51,18 @@ def write_binary_csv(path: Path, data: BeatSet, normal_label: str) -> Path:
         lines.append(f"{row}," + ",".join(f"{x:.6f}" for x in beat) + f",{label}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height of the PNG at ``path``; fails unless it is a whole PNG."""
+    import struct
+
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n"), f"{path} is not a PNG"
+    assert data[12:16] == b"IHDR" and data.endswith(b"IEND\xaeB`\x82")
+    width, height = struct.unpack(">II", data[16:24])
+    assert len(data) > 20_000, f"{path} is too small to hold a drawing"
+    return int(width), int(height)
 
 
 @pytest.fixture(scope="session")
@@ -114,3 +130,46 @@ def mqtt_broker() -> Iterator[tuple[str, int]]:
         yield "127.0.0.1", TEST_MQTT_PORT
     finally:
         mosquitto("stop")
+
+
+@pytest.fixture(scope="session")
+def bundle(small_ecg: BeatSet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small dense model bundle, trained once for the session's monitors."""
+    from tests.streams import train_small_bundle
+
+    return train_small_bundle(small_ecg, tmp_path_factory.mktemp("monitor") / "bundle")
+
+
+@pytest.fixture
+def topics(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Topics:
+    """Fresh topics on the session broker; parametrize indirectly with the
+    beat topic's partition count (default 1)."""
+    from tests.streams import make_topics
+
+    return make_topics(kafka_bootstrap, partitions=getattr(request, "param", 1))
+
+
+@pytest.fixture
+def monitors() -> Iterator[list[MonitorProcess]]:
+    """Monitor processes a test starts; any still running at its end are killed."""
+    started: list[MonitorProcess] = []
+    yield started
+    for monitor in started:
+        if monitor.proc.poll() is None:
+            monitor.proc.kill()
+            monitor.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def mqtt_auth_broker(mqtt_broker: tuple[str, int]) -> Iterator[int]:
+    """A real Mosquitto that wants a username and password: its port.
+
+    Its users are ``tests.services.MQTT_USER`` and ``MQTT_PASSWORD``.
+    """
+    from tests.services import MQTT_PASSWORD, MQTT_USER, TEST_MQTT_AUTH_PORT, mosquitto
+
+    mosquitto("start", TEST_MQTT_AUTH_PORT, users=f"{MQTT_USER}:{MQTT_PASSWORD}")
+    try:
+        yield TEST_MQTT_AUTH_PORT
+    finally:
+        mosquitto("stop", TEST_MQTT_AUTH_PORT)

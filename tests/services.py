@@ -42,9 +42,16 @@ def run_script(script: Path, command: str, env: Mapping[str, str]) -> None:
         )
 
 
-def kafka(command: str, port: int = TEST_KAFKA_PORT) -> None:
-    """Run ``scripts/kafka COMMAND`` for the test broker; fail loudly."""
-    run_script(KAFKA_SCRIPT, command, kafka_env(port))
+def kafka(
+    command: str,
+    port: int = TEST_KAFKA_PORT,
+    extra_env: Mapping[str, str] | None = None,
+) -> None:
+    """Run ``scripts/kafka COMMAND`` for the test broker; fail loudly.
+
+    ``extra_env`` adds script settings, such as ``KAFKA_SASL_PORT``.
+    """
+    run_script(KAFKA_SCRIPT, command, {**kafka_env(port), **(extra_env or {})})
 
 
 def mosquitto(
@@ -160,3 +167,102 @@ class PrometheusServer:
         if data["resultType"] in ("scalar", "string"):
             return [{"metric": {}, "value": data["result"]}]
         return list(data["result"])
+
+
+# --- brokers that want a login ---------------------------------------------------
+
+# A Kafka of its own with a SASL_PLAINTEXT listener (SCRAM-SHA-256 and -512):
+# PLAINTEXT on this port, the controller on the next, SASL on the one after.
+TEST_KAFKA_SASL_PORT = int(
+    os.environ.get("BEATMON_TEST_KAFKA_SASL_PORT", str(TEST_KAFKA_PORT + 100))
+)
+SCRAM_USER, SCRAM_PASSWORD = "beatmon", "scram-test-horse-battery"
+# A Mosquitto that wants a username and password.
+TEST_MQTT_AUTH_PORT = int(
+    os.environ.get("BEATMON_TEST_MQTT_AUTH_PORT", str(TEST_MQTT_PORT + 1))
+)
+MQTT_USER, MQTT_PASSWORD = "beatmon", "right-horse-battery"
+
+
+# The fault matrix's own brokers, which it stops and starts mid-stream:
+# a Kafka (the controller on the next port) and a Mosquitto.
+TEST_KAFKA_FAULT_PORT = int(
+    os.environ.get("BEATMON_TEST_KAFKA_FAULT_PORT", str(TEST_KAFKA_PORT + 200))
+)
+TEST_MQTT_FAULT_PORT = int(
+    os.environ.get("BEATMON_TEST_MQTT_FAULT_PORT", str(TEST_MQTT_PORT + 100))
+)
+
+
+def sasl_kafka_env() -> dict[str, str]:
+    """scripts/kafka settings of the SASL test broker."""
+    return {
+        "KAFKA_SASL_PORT": str(TEST_KAFKA_SASL_PORT + 2),
+        "KAFKA_SCRAM_USERS": f"{SCRAM_USER}:{SCRAM_PASSWORD}",
+    }
+
+
+# --- listening sockets -------------------------------------------------------------
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses of the TCP sockets listening on ``port``, from Linux /proc.
+
+    An IPv4-mapped IPv6 address counts as the IPv4 address it maps.
+    """
+    import ipaddress
+    import sys
+
+    found: set[str] = set()
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        if not table.is_file():
+            continue
+        for line in table.read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address_hex, port_hex = local.split(":")
+            if state != "0A" or int(port_hex, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address_hex)
+            if sys.byteorder == "little":
+                # The kernel prints each 32-bit word in host byte order.
+                raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            address = ipaddress.ip_address(raw)
+            # Java listens on IPv4 addresses through IPv4-mapped IPv6 ones.
+            mapped = getattr(address, "ipv4_mapped", None)
+            found.add(str(mapped or address))
+    return found
+
+
+def non_loopback_addresses() -> list[str]:
+    """This machine's IPv4 addresses that are not loopback (may be none)."""
+    import contextlib
+    import ipaddress
+    import socket
+
+    found: set[str] = set()
+    with contextlib.suppress(OSError):
+        found.update(socket.gethostbyname_ex(socket.gethostname())[2])
+    # A UDP connect sends nothing; it only picks the outgoing address.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("198.51.100.1", 9))
+            found.add(probe.getsockname()[0])
+        except OSError:
+            pass
+    return sorted(
+        address
+        for address in found
+        if not ipaddress.ip_address(address).is_loopback
+        and not ipaddress.ip_address(address).is_unspecified
+    )
+
+
+def refuses_connections(address: str, port: int) -> bool:
+    """True when nothing accepts a TCP connection at ``address:port``."""
+    import socket
+
+    try:
+        with socket.create_connection((address, port), timeout=2):
+            return False
+    except ConnectionRefusedError:
+        return True

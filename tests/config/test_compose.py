@@ -447,6 +447,31 @@ def test_published_ports_are_loopback_only_and_documented(
     assert found == PUBLISHED_PORTS
 
 
+def readme_port_table() -> dict[int, str]:
+    """Port -> description from the table of the README's compose section."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## The compose stack\n", 1)[1].split("\n## ", 1)[0]
+    header = re.search(r"^\| port \(([^)]*)\) \| service \|$", section, re.MULTILINE)
+    assert header, "the compose section has no '| port (...) | service |' table"
+    assert header.group(1) == f"{LOOPBACK} only"
+    rows = re.findall(r"^\| (\d+) \| (.+) \|$", section, re.MULTILINE)
+    return {int(port): description for port, description in rows}
+
+
+def test_every_published_port_is_in_the_readme_and_on_loopback(
+    services: dict[str, Any],
+) -> None:
+    documented = readme_port_table()
+    published_ports = {}
+    for name, service in services.items():
+        for host_ip, port in published(service):
+            assert host_ip == LOOPBACK, f"{name}: port {port} is not on {LOOPBACK}"
+            published_ports[port] = name
+    assert set(published_ports) == set(documented)
+    for port, name in published_ports.items():
+        assert name in documented[port].lower(), (port, name, documented[port])
+
+
 def test_every_bind_mounted_host_path_exists(services: dict[str, Any]) -> None:
     missing = [
         f"{name}: {source.relative_to(REPO)} (mounted at {target})"

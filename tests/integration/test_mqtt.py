@@ -24,15 +24,19 @@ import aiomqtt
 import pytest
 
 from monitor.mqtt import MqttPublisher, MqttSettings
-from tests.services import TEST_MQTT_PORT, mosquitto, unique_name
+from tests.services import (
+    MQTT_PASSWORD,
+    MQTT_USER,
+    TEST_MQTT_PORT,
+    mosquitto,
+    unique_name,
+)
 
 pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
 WAIT_S = 10.0
-AUTH_PORT = TEST_MQTT_PORT + 1
 OUTAGE_PORT = TEST_MQTT_PORT + 2
-USER, PASSWORD = "beatmon", "right-horse-battery"
 
 
 @dataclass(frozen=True)
@@ -58,16 +62,6 @@ def outage_broker(
         yield broker
     finally:
         broker.stop()
-
-
-@pytest.fixture(scope="module")
-def auth_broker(mqtt_broker: tuple[str, int]) -> Iterator[int]:
-    """A broker that wants a username and password."""
-    mosquitto("start", AUTH_PORT, users=f"{USER}:{PASSWORD}")
-    try:
-        yield AUTH_PORT
-    finally:
-        mosquitto("stop", AUTH_PORT)
 
 
 def make_settings(port: int, **overrides: object) -> MqttSettings:
@@ -280,15 +274,16 @@ def test_overflow_drops_the_oldest_alarms_and_counts_them(
     assert f"dropped_total={count - bound}" in drops[-1]
 
 
-def test_the_right_password_is_accepted(auth_broker: int) -> None:
-    settings = make_settings(auth_broker, username=USER, password=PASSWORD)
+def test_the_right_password_is_accepted(mqtt_auth_broker: int) -> None:
+    auth_broker = mqtt_auth_broker
+    settings = make_settings(auth_broker, username=MQTT_USER, password=MQTT_PASSWORD)
 
     async def scenario() -> aiomqtt.Message:
         async with aiomqtt.Client(
             HOST,
             auth_broker,
-            username=USER,
-            password=PASSWORD,
+            username=MQTT_USER,
+            password=MQTT_PASSWORD,
             identifier=unique_name("beatmon-test-sub"),
         ) as subscriber:
             await subscriber.subscribe(f"{settings.topic_prefix}/alarms/#", qos=1)
@@ -302,12 +297,13 @@ def test_the_right_password_is_accepted(auth_broker: int) -> None:
 
 
 def test_a_wrong_password_gives_one_clear_error_and_no_hang(
-    auth_broker: int, caplog: pytest.LogCaptureFixture
+    mqtt_auth_broker: int, caplog: pytest.LogCaptureFixture
 ) -> None:
+    auth_broker = mqtt_auth_broker
     caplog.set_level(logging.DEBUG, logger="monitor.mqtt")
     wrong = "not-the-password"
     settings = make_settings(
-        auth_broker, username=USER, password=wrong, backoff_max_s=0.2
+        auth_broker, username=MQTT_USER, password=wrong, backoff_max_s=0.2
     )
     publisher = MqttPublisher(settings)
     publisher.start()
