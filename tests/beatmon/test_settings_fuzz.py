@@ -19,6 +19,7 @@ from beatmon.settings import (
     load_replay_settings,
     load_trainer_settings,
 )
+from tests.serving_bundles import write_serving_bundle
 
 SECTIONS = [
     "kafka",
@@ -97,6 +98,13 @@ def test_fuzz_any_settings_file_loads_or_names_itself_in_a_config_error(
         assert str(path) in str(exc) or "built-in default" in str(exc), str(exc)
 
 
+@pytest.fixture(scope="module")
+def a_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_serving_bundle(
+        tmp_path_factory.mktemp("settings") / "bundle", version="fuzz"
+    )
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     section=st.sampled_from(SECTIONS),
@@ -108,12 +116,20 @@ def test_fuzz_any_settings_file_loads_or_names_itself_in_a_config_error(
     load=st.sampled_from(LOADERS),
 )
 def test_fuzz_any_environment_value_loads_or_names_its_variable(
-    section: str, data: st.DataObject, value: str, load: Callable[..., Any]
+    a_bundle: Path,
+    section: str,
+    data: st.DataObject,
+    value: str,
+    load: Callable[..., Any],
 ) -> None:
     key = data.draw(st.sampled_from(known_keys(section)))
     name = f"BEATMON_{section.upper()}__{key.upper()}"
+    # The monitor's settings need a bundle that exists, unless that is the
+    # value under test.
+    env = {"BEATMON_MONITOR__BUNDLE": str(a_bundle)}
+    env[name] = value.replace("\x00", "")
     try:
-        load(None, env={name: value.replace("\x00", "")})
+        load(None, env=env)
     except ConfigError as exc:
         assert name in str(exc) or "built-in default" in str(exc), str(exc)
 

@@ -19,12 +19,18 @@ from tests.services import (
     non_loopback_addresses,
     refuses_connections,
 )
+from tests.serving_bundles import write_serving_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_metrics_default_to_loopback_in_code_and_in_the_shipped_file() -> None:
-    shipped = load_monitor_settings(REPO / "config" / "beatmon.yaml", env={})
+def test_metrics_default_to_loopback_in_code_and_in_the_shipped_file(
+    tmp_path: Path,
+) -> None:
+    bundle = write_serving_bundle(tmp_path / "bundle", version="listeners")
+    shipped = load_monitor_settings(
+        REPO / "config" / "beatmon.yaml", env={}, overrides={"monitor.bundle": bundle}
+    )
     assert MetricsSettings().host == "127.0.0.1"
     assert shipped.metrics.host == "127.0.0.1"
     # The compose stack opens it on purpose, and says so in its file.
