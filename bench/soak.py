@@ -230,10 +230,14 @@ def soak(
     producer = live_replay(topic, args.rate, args.soak_s)
     points = watch(probe, args.soak_s, args.sample_s)
     finish(producer)
-    start_t = points[0][0]
     span = args.interval_s
+    intervals = int(args.soak_s // span)
+    deadline = time.monotonic() + span + 10
+    while len(reports) < first + intervals and time.monotonic() < deadline:
+        time.sleep(0.5)
+    start_t = points[0][0]
     print(f"  per {span:.0f} s: produced/s  scored/s  lag max  lag end  p99 ms  RSS MB")
-    for i, report in enumerate(reports[first:][: int(args.soak_s // span)]):
+    for i, report in enumerate(reports[first:][:intervals]):
         window = [p for p in points if span * i <= p[0] - start_t < span * (i + 1)]
         if len(window) < 2:
             continue
@@ -252,17 +256,36 @@ def soak(
     )
 
 
+def delete_topic(topic: str) -> None:
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+    try:
+        admin.delete_topics([topic])
+    finally:
+        admin.close()
+
+
 def orchestrate(args: argparse.Namespace) -> None:
     from tests.services import create_topics, unique_name
 
     already = "running" in kafka("status", PORT)
     kafka("start", PORT)
     monitor = None
+    topic = ""
     try:
         bundle = ensure_bundle(Path(args.bundle))
         print(f"machine: {os.cpu_count()} cores; bundle {bundle}; broker {BOOTSTRAP}")
         topic = unique_name("bench-soak")
-        create_topics(BOOTSTRAP, [topic], partitions=2)
+        # The broker keeps 256 MB a partition by default, under a minute of
+        # beats here: a backlog would be deleted unread and the lag would look
+        # flat. This topic keeps everything; it is deleted at the end.
+        create_topics(
+            BOOTSTRAP,
+            [topic],
+            partitions=2,
+            configs={"retention.bytes": "-1", "retention.ms": "-1"},
+        )
 
         monitor = subprocess.Popen(
             [
@@ -275,7 +298,7 @@ def orchestrate(args: argparse.Namespace) -> None:
                 "--topic",
                 topic,
                 "--interval-s",
-                "60",
+                str(args.interval_s),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -321,6 +344,8 @@ def orchestrate(args: argparse.Namespace) -> None:
     finally:
         if monitor is not None and monitor.poll() is None:
             monitor.kill()
+        if topic:
+            delete_topic(topic)
         if not already:
             kafka("stop", PORT)
 

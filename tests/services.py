@@ -80,14 +80,25 @@ def unique_name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def create_topics(bootstrap: str, names: list[str], partitions: int = 1) -> None:
+def create_topics(
+    bootstrap: str,
+    names: list[str],
+    partitions: int = 1,
+    configs: dict[str, str] | None = None,
+) -> None:
+    """Create ``names``, each with ``partitions`` and the topic ``configs``."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="beatmon-tests")
     try:
         admin.create_topics(
             [
-                NewTopic(name, num_partitions=partitions, replication_factor=1)
+                NewTopic(
+                    name,
+                    num_partitions=partitions,
+                    replication_factor=1,
+                    topic_configs=configs or {},
+                )
                 for name in names
             ]
         )
