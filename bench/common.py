@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BEATMON = REPO / ".venv" / "bin" / "beatmon"
@@ -82,3 +83,34 @@ def replay(bootstrap: str, topic: str, *extra: str) -> float:
         cwd=REPO,
     )
     return time.perf_counter() - started
+
+
+def monitor_settings(
+    bundle: str,
+    topic: str,
+    bootstrap: str,
+    metrics_port: int,
+    extra: dict[str, Any] | None = None,
+) -> Any:
+    """The settings of a benchmark's monitor: alarm policy and metrics on, MQTT
+    off, its own group and output topics named after ``topic``; ``extra`` adds
+    settings by dotted key."""
+    from beatmon.settings import load_monitor_settings
+
+    return load_monitor_settings(
+        env={},
+        overrides={
+            "monitor.bundle": bundle,
+            "monitor.group_id": f"{topic}-bench",
+            "monitor.report_every_s": 3600,
+            "kafka.bootstrap_servers": bootstrap,
+            "topics.beats": topic,
+            "topics.alerts": f"{topic}.alerts",
+            "topics.dead_letters": f"{topic}.dlq",
+            "topics.alarms": f"{topic}.alarms",
+            "topics.alarm_state": f"{topic}.alarm-state",
+            "mqtt.enabled": False,
+            "metrics.port": metrics_port,
+            **(extra or {}),
+        },
+    )

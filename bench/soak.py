@@ -38,7 +38,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, ensure_bundle, kafka, replay_command, rss_mb
+from bench.common import (
+    REPO,
+    ensure_bundle,
+    kafka,
+    monitor_settings,
+    replay_command,
+    rss_mb,
+)
 
 PORT = 49192
 BOOTSTRAP = f"127.0.0.1:{PORT}"
@@ -49,27 +56,11 @@ LAG_LIMIT_S = 3.0
 
 def run_monitor(args: argparse.Namespace) -> None:
     """Child role: the full monitor; prints one JSON line per ``--interval-s``."""
-    from beatmon.settings import load_monitor_settings
     from beatmon.shutdown import stop_on_signals
     from monitor.batch import ScoredBatch
     from monitor.cli import serve
 
-    settings = load_monitor_settings(
-        env={},
-        overrides={
-            "monitor.bundle": args.bundle,
-            "monitor.group_id": f"{args.topic}-bench",
-            "monitor.report_every_s": 3600,
-            "kafka.bootstrap_servers": BOOTSTRAP,
-            "topics.beats": args.topic,
-            "topics.alerts": f"{args.topic}.alerts",
-            "topics.dead_letters": f"{args.topic}.dlq",
-            "topics.alarms": f"{args.topic}.alarms",
-            "topics.alarm_state": f"{args.topic}.alarm-state",
-            "mqtt.enabled": False,
-            "metrics.port": args.metrics_port,
-        },
-    )
+    settings = monitor_settings(args.bundle, args.topic, BOOTSTRAP, args.metrics_port)
     stopping = threading.Event()
     stop_on_signals(stopping)
 

@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import REPO, ensure_bundle, kafka, peak_rss_mb
+from bench.common import REPO, ensure_bundle, kafka, monitor_settings, peak_rss_mb
 from bench.common import replay as replay_to
 
 PORT = 49092
@@ -47,26 +47,15 @@ def run_monitor(args: argparse.Namespace) -> None:
     ``--expect`` beats and prints figures as JSON."""
     import threading
 
-    from beatmon.settings import load_monitor_settings
     from monitor.batch import ScoredBatch
     from monitor.cli import serve
 
-    settings = load_monitor_settings(
-        env={},
-        overrides={
-            "monitor.bundle": args.bundle,
-            "monitor.max_batch": args.max_batch,
-            "monitor.group_id": f"{args.topic}-bench",
-            "monitor.report_every_s": 3600,
-            "kafka.bootstrap_servers": BOOTSTRAP,
-            "topics.beats": args.topic,
-            "topics.alerts": f"{args.topic}.alerts",
-            "topics.dead_letters": f"{args.topic}.dlq",
-            "topics.alarms": f"{args.topic}.alarms",
-            "topics.alarm_state": f"{args.topic}.alarm-state",
-            "mqtt.enabled": False,
-            "metrics.port": args.metrics_port,
-        },
+    settings = monitor_settings(
+        args.bundle,
+        args.topic,
+        BOOTSTRAP,
+        args.metrics_port,
+        {"monitor.max_batch": args.max_batch},
     )
     stopping = threading.Event()
     first_at: list[float] = []
