@@ -19,18 +19,9 @@ from beatmon.settings import (
     load_replay_settings,
     load_trainer_settings,
 )
+from tests.beatmon.test_settings import SECTIONS
 from tests.serving_bundles import write_serving_bundle
 
-SECTIONS = [
-    "kafka",
-    "topics",
-    "mqtt",
-    "metrics",
-    "alarms",
-    "monitor",
-    "replay",
-    "train",
-]
 LOADERS: list[Callable[..., Any]] = [
     load_monitor_settings,
     load_replay_settings,

@@ -13,10 +13,6 @@ import pytest
 
 from beatmon.cli import main
 from beatmon.messages import Alert, decode_alert
-from models.autoencoder import VARIANTS
-from models.bundle import save_bundle
-from models.data import BeatSet
-from models.train import TrainConfig, train
 from tests.conftest import png_size
 from tests.integration.test_monitor_kafka import (
     MonitorProcess,
@@ -24,8 +20,9 @@ from tests.integration.test_monitor_kafka import (
     read_topic,
     replay,
 )
-from tests.services import create_topics, unique_name
+from tests.services import unique_name
 from tests.serving_bundles import derive_bundle, write_manifest
+from tests.streams import make_topics
 
 pytestmark = pytest.mark.integration
 
@@ -33,36 +30,11 @@ BEATS = 300
 
 
 @pytest.fixture(scope="module")
-def bundle(small_ecg: BeatSet, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    trained = train(
-        small_ecg,
-        "1",
-        VARIANTS["dense"],
-        TrainConfig(max_epochs=3, patience=2),
-        on_epoch=lambda *_: None,
-    )
-    return save_bundle(trained, tmp_path_factory.mktemp("explain") / "bundle")
-
-
-@pytest.fixture(scope="module")
 def scored(
     kafka_bootstrap: str, bundle: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Topics, list[Alert]]]:
     """A replay of 300 beats on two partitions, scored by a monitor that stopped."""
-    base = unique_name("explain")
-    topics = Topics(
-        f"{base}.beats",
-        f"{base}.alerts",
-        f"{base}.dlq",
-        f"{base}.scores",
-        f"{base}.alarms",
-        f"{base}.alarm-state",
-        f"{base}.monitors",
-    )
-    create_topics(kafka_bootstrap, [topics.beats], partitions=2)
-    create_topics(
-        kafka_bootstrap, [topics.alerts, topics.dead, topics.scores, topics.alarms]
-    )
+    topics = make_topics(kafka_bootstrap, partitions=2, prefix="explain")
     replay(kafka_bootstrap, topics.beats, BEATS)
     log = tmp_path_factory.mktemp("explain-monitor") / "m.log"
     monitor = MonitorProcess(bundle, kafka_bootstrap, topics, log, topics.group)

@@ -8,7 +8,6 @@ import shutil
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,9 @@ from tests.integration.test_monitor_kafka import (
     replay,
     scored_pairs,
 )
-from tests.services import create_topics, free_port, unique_name
+from tests.services import free_port
 from tests.serving_bundles import replace_by_rename, write_manifest
+from tests.streams import make_topics
 
 pytestmark = pytest.mark.integration
 
@@ -59,31 +59,7 @@ def models(small_ecg: BeatSet) -> tuple[Trained, Trained]:
 
 @pytest.fixture
 def topics(kafka_bootstrap: str) -> Topics:
-    base = unique_name("swap")
-    names = Topics(
-        f"{base}.beats",
-        f"{base}.alerts",
-        f"{base}.dlq",
-        f"{base}.scores",
-        f"{base}.alarms",
-        f"{base}.alarm-state",
-        f"{base}.monitors",
-    )
-    create_topics(kafka_bootstrap, [names.beats], partitions=2)
-    create_topics(
-        kafka_bootstrap, [names.alerts, names.dead, names.scores, names.alarms]
-    )
-    return names
-
-
-@pytest.fixture
-def monitors() -> Iterator[list[MonitorProcess]]:
-    started: list[MonitorProcess] = []
-    yield started
-    for monitor in started:
-        if monitor.proc.poll() is None:
-            monitor.proc.kill()
-            monitor.proc.wait()
+    return make_topics(kafka_bootstrap, partitions=2, prefix="swap")
 
 
 def start_monitor(

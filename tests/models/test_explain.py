@@ -12,27 +12,13 @@ import pytest
 
 from beatmon.cli import main
 from beatmon.messages import encode_beat
-from models.autoencoder import VARIANTS
-from models.bundle import load_serving_bundle, save_bundle
+from models.bundle import load_serving_bundle
 from models.data import BeatSet
 from models.explain import TOP_SEGMENT_GID, draw, explain
 from models.scoring import error_profile, segment_bounds
-from models.train import TrainConfig, train
 from tests.conftest import png_size
 
 SHORT_MESSAGE = '{"v":1,"patient":"p1","seq":0,"produced_at":1,"samples":[0.5]}'
-
-
-@pytest.fixture(scope="module")
-def bundle(small_ecg: BeatSet, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    trained = train(
-        small_ecg,
-        "1",
-        VARIANTS["dense"],
-        TrainConfig(max_epochs=3, patience=2),
-        on_epoch=lambda *_: None,
-    )
-    return save_bundle(trained, tmp_path_factory.mktemp("explain") / "bundle")
 
 
 def explain_cli(*args: str) -> int:
