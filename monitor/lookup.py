@@ -25,7 +25,7 @@ from kafka.errors import KafkaError
 
 from beatmon.errors import MessageError, TransportError
 from beatmon.messages import Alert, Beat, decode_alert, decode_beat
-from producers.replay import partition_for_key
+from beatmon.partitions import partition_for_key
 
 logger = logging.getLogger(__name__)
 

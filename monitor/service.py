@@ -37,6 +37,7 @@ from kafka.structs import OffsetAndMetadata
 
 from beatmon.errors import MessageError, TransportError
 from beatmon.outage import RECONNECT_BACKOFF_MAX_MS, UNREACHABLE_AFTER_S, OutageLog
+from beatmon.partitions import KeyedPartitioner
 from models.bundle import ServingBundle
 from monitor.alarms import AlarmEvent, AlarmPolicy, Priority
 from monitor.batch import Record, ScoredBatch, score_message, score_records
@@ -269,6 +270,7 @@ def make_producer(config: MonitorConfig) -> KafkaProducer:
         acks="all",
         linger_ms=2,
         batch_size=256 * 1024,
+        partitioner=KeyedPartitioner(),
         delivery_timeout_ms=int(config.delivery_timeout_s * 1000),
         reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         **config.kafka_options,

@@ -20,11 +20,11 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 from kafka.errors import KafkaError
-from kafka.partitioner.default import murmur2
 
 from beatmon.errors import ConfigError, DataError, TransportError
 from beatmon.messages import Truth, encode_beat_text, samples_text
 from beatmon.outage import RECONNECT_BACKOFF_MAX_MS, UNREACHABLE_AFTER_S, OutageLog
+from beatmon.partitions import partition_for_key
 from models.data import BeatSet
 from producers import DEFAULT_TOPIC
 
@@ -234,12 +234,6 @@ class ReplayStats:
     @property
     def rate_per_s(self) -> float:
         return self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-
-def partition_for_key(key: bytes, partitions: Collection[int]) -> int:
-    """The partition kafka-python's default partitioner picks for ``key``."""
-    ordered = sorted(partitions)
-    return ordered[(murmur2(key) & 0x7FFFFFFF) % len(ordered)]
 
 
 class _Deliveries:

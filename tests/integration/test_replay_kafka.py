@@ -15,9 +15,10 @@ import pytest
 
 from beatmon.cli import main
 from beatmon.messages import decode_beat
+from beatmon.partitions import partition_for_key
 from models.data import BeatSet
 from producers.cli import make_producer
-from producers.replay import BeatSchedule, partition_for_key, patient_ids
+from producers.replay import BeatSchedule, patient_ids
 from tests.services import REPO, create_topics, unique_name
 
 pytestmark = pytest.mark.integration
