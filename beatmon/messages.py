@@ -462,7 +462,7 @@ class Alert:
         data: dict[str, Any] = {"v": ALERT_VERSION, **self.__dict__}
         if self.truth is None:
             del data["truth"]
-        return json.dumps(data, separators=(",", ":")).encode()
+        return _ENCODER.encode(data)
 
 
 def decode_alert(payload: bytes) -> Alert:

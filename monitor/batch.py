@@ -184,7 +184,7 @@ def score_records(
             model_version=model_version,
             beat_time=beats[i].produced_at,
             emitted_at=emitted_at,
-            profile=[round(float(x), 6) for x in profiles[i]],
+            profile=[round(x, 6) for x in profiles[i].tolist()],
             truth=beats[i].truth,
         )
         for i in np.flatnonzero(flagged)
