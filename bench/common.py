@@ -46,6 +46,23 @@ def rss_mb(pid: int | str = "self") -> float:
     raise RuntimeError(f"no VmRSS line in /proc/{pid}/status")
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine so far, in clock ticks, from
+    /proc/stat; the busy share between two readings says how loaded it was."""
+    fields = [
+        int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ]
+    idle = fields[3] + fields[4]  # idle and iowait
+    total = sum(fields[:8])  # guest time is already counted in user time
+    return total - idle, total
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of all cores busy between two :func:`machine_ticks` readings."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total else 0.0
+
+
 def ensure_bundle(path: Path) -> Path:
     """Train the reference model into ``path`` unless a bundle is already there."""
     if not (path / "manifest.json").is_file():

@@ -12,8 +12,13 @@ The replay producer feeds it live, paced beats from many simulated patients.
    there.
 2. soak: ``--soak-s`` seconds at ``--rate`` beats/s. Every ``--sample-s`` we
    record the lag; every ``--interval-s`` (a minute) the monitor reports its
-   p99 latency (production to acknowledged output), the beats it scored and
-   its RSS.
+   p99 latency (production to acknowledged output), the beats it scored, its
+   RSS and the CPU time it used (in cores: 0.5 is half of one core).
+
+Both phases also print how busy the whole machine was. The monitor, the
+producer and the broker share its cores, so a figure taken while other work
+ran says little; a busy share near 100% with the monitor's own cores well
+below 1 means the machine, not the monitor, was the limit.
 
     .venv/bin/python bench/soak.py [--rate 10000] [--soak-s 600]
 
@@ -40,8 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
     REPO,
+    busy_share,
     ensure_bundle,
     kafka,
+    machine_ticks,
     monitor_settings,
     replay_command,
     rss_mb,
@@ -90,6 +97,7 @@ def run_monitor(args: argparse.Namespace) -> None:
                     "p50_ms": float(np.quantile(joined, 0.5)) * 1000,
                     "p99_ms": float(np.quantile(joined, 0.99)) * 1000,
                     "rss_mb": rss_mb(),
+                    "cpu_s": sum(os.times()[:2]),
                 }
                 print(json.dumps(line), flush=True)
 
@@ -179,11 +187,14 @@ def finish(producer: subprocess.Popen[bytes]) -> None:
 def find_knee(probe: LagProbe, topic: str, args: argparse.Namespace) -> float | None:
     """Run the ramp; returns the produced rate of the first step that fell behind."""
     print(
-        "\nknee: rate asked, rate produced, lag growth in the second half, lag at end"
+        "\nknee: rate asked, rate produced, lag growth in the second half, lag at "
+        "end, machine CPU busy"
     )
     for asked in args.steps:
+        ticks = machine_ticks()
         producer = live_replay(topic, asked, args.step_s)
         points = watch(probe, args.step_s, args.sample_s)
+        busy = busy_share(ticks, machine_ticks())
         finish(producer)
         second_half = points[len(points) // 2 :]
         produced = slope_per_s([(t, end) for t, end, _ in second_half])
@@ -194,7 +205,7 @@ def find_knee(probe: LagProbe, topic: str, args: argparse.Namespace) -> float | 
         )
         print(
             f"  {asked:>7,.0f}/s  {produced:>9,.0f}/s  {growth:>+9,.0f}/s"
-            f"  {final_lag:>9,}"
+            f"  {final_lag:>9,}  {busy:>4.0%}"
             f"  {'falls behind' if behind else 'keeps up'}"
         )
         if behind:
@@ -218,8 +229,10 @@ def soak(
 ) -> None:
     print(f"\nsoak: {args.soak_s:.0f} s at {args.rate:,.0f} beats/s asked")
     first = len(reports)
+    ticks = machine_ticks()
     producer = live_replay(topic, args.rate, args.soak_s)
     points = watch(probe, args.soak_s, args.sample_s)
+    busy = busy_share(ticks, machine_ticks())
     finish(producer)
     span = args.interval_s
     intervals = int(args.soak_s // span)
@@ -227,8 +240,18 @@ def soak(
     while len(reports) < first + intervals and time.monotonic() < deadline:
         time.sleep(0.5)
     start_t = points[0][0]
-    print(f"  per {span:.0f} s: produced/s  scored/s  lag max  lag end  p99 ms  RSS MB")
+    print(
+        f"  per {span:.0f} s: produced/s  scored/s  lag max  lag end  p99 ms  RSS MB"
+        "  monitor cores"
+    )
+    previous = reports[first - 1] if first else None
     for i, report in enumerate(reports[first:][:intervals]):
+        cpu = (
+            (report["cpu_s"] - previous["cpu_s"]) / (report["t_s"] - previous["t_s"])
+            if previous and "cpu_s" in previous
+            else float("nan")
+        )
+        previous = report
         window = [p for p in points if span * i <= p[0] - start_t < span * (i + 1)]
         if len(window) < 2:
             continue
@@ -237,13 +260,14 @@ def soak(
             f"  {(i + 1) * span:>7.0f} s  {produced:>10,.0f}"
             f"  {report['scored'] / span:>8,.0f}"
             f"  {max(p[2] for p in window):>7,}  {window[-1][2]:>7,}"
-            f"  {report['p99_ms']:>6.0f}  {report['rss_mb']:>6.0f}"
+            f"  {report['p99_ms']:>6.0f}  {report['rss_mb']:>6.0f}  {cpu:>13.2f}"
         )
     lags = [(t, lag) for t, _, lag in points]
     half = lags[len(lags) // 2 :]
     print(
         f"  lag trend over the second half: {slope_per_s(half):+,.0f} beats/s; "
-        f"max lag {max(lag for _, lag in lags):,} beats"
+        f"max lag {max(lag for _, lag in lags):,} beats; machine CPU busy "
+        f"{busy:.0%} of {os.cpu_count()} cores"
     )
 
 
