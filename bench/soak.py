@@ -377,7 +377,7 @@ def main() -> None:
     parser.add_argument(
         "--steps",
         type=lambda text: [float(x) for x in text.split(",") if x],
-        default=[4000.0, 6000.0, 8000.0, 10_000.0, 12_000.0],
+        default=[8000.0, 10_000.0, 12_000.0, 14_000.0, 16_000.0, 18_000.0],
         help="comma-separated rates for the knee ramp; empty to skip it",
     )
     parser.add_argument("--step-s", type=float, default=45)
