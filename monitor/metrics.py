@@ -235,6 +235,13 @@ class MonitorMetrics:
             "MQTT messages dropped because the buffer was full while disconnected",
             registry=registry,
         )
+        self.beats_lost = Counter(
+            "beatmon_beats_lost",
+            "Beats the broker deleted before this monitor read them (it was behind "
+            "or stopped for longer than the beats topic keeps messages); never "
+            "scored",
+            registry=registry,
+        )
         self.truth_beats = Counter(
             "beatmon_truth_beats_total",
             "Beats that carried ground truth, by truth and by what the model said",
@@ -336,6 +343,10 @@ class MonitorMetrics:
             for partition, lag in lags.items():
                 self.consumer_lag.labels(str(partition)).set(max(lag, 0))
             self._lag_partitions = set(lags)
+
+    def count_lost(self, beats: int) -> None:
+        """Count beats deleted by the broker before they could be read."""
+        self.beats_lost.inc(beats)
 
     def mqtt_state(self, connected: bool, buffered: int, dropped_total: int) -> None:
         """Record the MQTT link; ``dropped_total`` is the client's running count.

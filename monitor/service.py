@@ -42,6 +42,7 @@ from models.bundle import ServingBundle
 from monitor.alarms import AlarmEvent, AlarmPolicy, Priority
 from monitor.batch import Record, ScoredBatch, score_message, score_records
 from monitor.checkpoint import StateBuckets
+from monitor.offsets import Gap, OffsetGaps
 from monitor.topics import read_latest_by_key
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,8 @@ class MonitorStats:
     scored: int = 0
     flagged: int = 0
     dead_lettered: int = 0
+    # Beats the broker deleted before they were read: never scored.
+    lost: int = 0
     alarms: int = 0
     alarms_by_priority: Counter[str] = field(default_factory=Counter)
     batches: int = 0
@@ -294,6 +297,8 @@ class Metrics(BatchObserver, Protocol):
 
     def set_lag(self, lags: Mapping[int, int]) -> None: ...
 
+    def count_lost(self, beats: int) -> None: ...
+
     def model_swapped(self, model: ServingBundle) -> None: ...
 
 
@@ -360,6 +365,7 @@ class Monitor:
         self._records_at_probe = 0
         # Beat partitions whose patients' alarm state in memory is current.
         self._held: set[int] = set()
+        self._gaps = OffsetGaps()
         # From a revocation until the new assignment is taken up: no
         # checkpoint may save or commit then, see _reload_alarm_state_if_assigned.
         self._rebalancing = False
@@ -479,6 +485,9 @@ class Monitor:
             tp = TopicPartition(record.topic, record.partition)
             if tp not in self._pending or self._pending[tp].offset <= record.offset:
                 self._pending[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+            gap = self._gaps.see(record.topic, record.partition, record.offset)
+            if gap is not None:
+                self._beats_lost(gap)
         if self.alarms:
             for beat, partition in zip(batch.beats, batch.partitions, strict=True):
                 self._buckets.note(beat.patient, partition)
@@ -494,6 +503,22 @@ class Monitor:
         for observer in self.observers:
             observer.on_batch(batch)
         return batch
+
+    def _beats_lost(self, gap: Gap) -> None:
+        self.stats.lost += gap.beats
+        if self.metrics:
+            self.metrics.count_lost(gap.beats)
+        logger.warning(
+            "beats lost: topic=%s partition=%d offsets=%d-%d count=%d were deleted "
+            "by the broker before this monitor read them and were never scored; "
+            "the monitor was behind or stopped for longer than the topic keeps "
+            "beats (retention.ms, retention.bytes)",
+            gap.topic,
+            gap.partition,
+            gap.first,
+            gap.last,
+            gap.beats,
+        )
 
     def _swap_model_if_ready(self) -> None:
         """Between two batches, put the model the watcher checked in service.
@@ -732,7 +757,10 @@ class Monitor:
         self.rebalances.assigned.clear()
         self._rebalancing = False
         owned = {tp.partition for tp in self.consumer.assignment()}
-        new, self._held = owned - self._held, owned
+        new, gone, self._held = owned - self._held, self._held - owned, owned
+        topic = self.config.beats_topic
+        self._gaps.forget((topic, p) for p in gone)
+        self._expect_committed_offsets(new)
         if self.alarms is None or not new:
             return
         started = time.monotonic()
@@ -760,6 +788,21 @@ class Monitor:
             self.config.alarm_state_topic,
             time.monotonic() - started,
         )
+
+    def _expect_committed_offsets(self, partitions: Collection[int]) -> None:
+        """Newly assigned partitions should go on at the group's committed
+        offsets; a first record beyond one means beats were deleted unread."""
+        topic = self.config.beats_topic
+        for partition in partitions:
+            try:
+                committed = self.consumer.committed(TopicPartition(topic, partition))
+            except KafkaError as exc:
+                logger.debug(
+                    "committed offset of %s[%d] unknown: %s", topic, partition, exc
+                )
+                continue
+            if committed is not None:
+                self._gaps.expect(topic, partition, committed)
 
     def _update_gauges(self) -> None:
         for update in self.gauges:
@@ -836,12 +879,13 @@ class _Reporter:
         if final:
             total = max(now - stats.started_at, 1e-9)
             logger.info(
-                "monitor stopped: scored=%d flagged=%d dead_lettered=%d alarms=%d "
-                "batches=%d mean_rate=%.0f/s p50_latency_ms=%s p99_latency_ms=%s "
-                "sensitivity=%s false_alarm_rate=%s",
+                "monitor stopped: scored=%d flagged=%d dead_lettered=%d lost=%d "
+                "alarms=%d batches=%d mean_rate=%.0f/s p50_latency_ms=%s "
+                "p99_latency_ms=%s sensitivity=%s false_alarm_rate=%s",
                 stats.scored,
                 stats.flagged,
                 stats.dead_lettered,
+                stats.lost,
                 stats.alarms,
                 stats.batches,
                 stats.scored / total,

@@ -238,6 +238,7 @@ def test_metric_names_follow_prometheus_conventions() -> None:
         "beatmon_alerts",
         "beatmon_alarms",
         "beatmon_dead_letters",
+        "beatmon_beats_lost",
         "beatmon_mqtt_dropped",
         "beatmon_truth_beats",
         "beatmon_model_reloads",
@@ -277,6 +278,15 @@ def test_mqtt_state_turns_a_running_drop_count_into_a_counter() -> None:
     metrics.mqtt_state(connected=True, buffered=0, dropped_total=2)
     assert value(registry, "beatmon_mqtt_connected") == 1
     assert value(registry, "beatmon_mqtt_dropped_total") == 11
+
+
+def test_lost_beats_are_counted() -> None:
+    registry = CollectorRegistry()
+    metrics = MonitorMetrics(registry, Model())
+    assert value(registry, "beatmon_beats_lost_total") == 0
+    metrics.count_lost(120)
+    metrics.count_lost(5)
+    assert value(registry, "beatmon_beats_lost_total") == 125
 
 
 def test_alarms_are_counted_by_channel_and_priority() -> None:
