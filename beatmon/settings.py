@@ -401,6 +401,7 @@ class AlarmConfig(_Section):
     cooldown_s: float = AlarmSettings.cooldown_s
     clear_after_beats: int = AlarmSettings.clear_after_beats
     clear_k: int = AlarmSettings.clear_k
+    forget_after_s: float = AlarmSettings.forget_after_s
 
     def __post_init__(self) -> None:
         # The alarm policy owns its rules; here they only learn the key names.

@@ -27,6 +27,9 @@ The rules, per patient, applied to its beats in ``seq`` order:
   time after an episode ended, that episode *resumes*: a ``raised`` event
   with the same ``episode_id`` and ``started_at``, and a priority taken
   afresh from the window. Later, a new episode with a new id.
+- A patient with no beat for ``forget_after_s`` of beat time (before the
+  newest beat of any patient) and no open episode has left the monitor:
+  its state is dropped, and beats that come later start afresh.
 
 Defaults, and why (facts from the project's reference notes; counts from
 simulating one patient-day at 75 bpm, 108,000 beats, whose flags are false
@@ -53,6 +56,11 @@ alerts, over 30 such days):
   it does not end and start again on every normal beat of a run.
 - ``cooldown_s=60``: a relapse within a minute of the end is the same
   episode, not a new alarm.
+- ``forget_after_s=900``: a quarter of an hour without a beat, far past
+  the cooldown, is a patient unplugged or discharged. Without it, every
+  patient ever seen would stay in memory and be written again with each
+  checkpoint of its bucket: a soak whose patients changed every few
+  minutes ended with 43,000 of them, of whom 8,000 were still there.
 
 Restart safety: beats are delivered at least once. A beat whose ``seq`` is
 not above the last one applied for its patient is ignored, so re-delivered
@@ -160,6 +168,9 @@ class AlarmSettings:
     clear_k: int = 1
     clear_after_beats: int = 20
     cooldown_s: float = 60.0
+    # A patient without a beat for this long, and without an open episode, is
+    # forgotten (a patient gone from the monitor); 0 keeps every patient.
+    forget_after_s: float = 900.0
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -196,6 +207,12 @@ class AlarmSettings:
             )
         if self.clear_after_beats < 1:
             self._fail("clear_after_beats", "must be 1 or more")
+        if 0 < self.forget_after_s < self.cooldown_s:
+            self._fail(
+                "forget_after_s",
+                f"must be 0 (never) or at least cooldown_s ({self.cooldown_s:g})",
+                ("cooldown_s",),
+            )
 
     def _fail(self, name: str, rule: str, related: tuple[str, ...] = ()) -> None:
         raise AlarmSettingError(name, getattr(self, name), rule, related)
@@ -406,6 +423,11 @@ class AlarmPolicy:
         # What was last saved (or restored) per patient, beat counter aside.
         self._saved: dict[str, tuple[object, ...]] = {}
         self._touched: set[str] = set()
+        # Beat time of each patient's last beat, and the newest of all: the
+        # clock that decides when a patient counts as gone.
+        self._last_beat_at: dict[str, float] = {}
+        self._newest_beat_at = -math.inf
+        self._idle_checked_at = -math.inf
 
     def apply(
         self, beats: Sequence[Beat], flagged: Sequence[bool] | np.ndarray
@@ -422,6 +444,7 @@ class AlarmPolicy:
         full = (1 << window) - 1
         states = self._states
         touched = self._touched
+        last_beat_at = self._last_beat_at
         events: list[AlarmEvent] = []
         ignored = 0
 
@@ -434,6 +457,7 @@ class AlarmPolicy:
                 ignored += 1
                 continue
             state.last_seq = beat.seq
+            last_beat_at[patient] = beat.produced_at
             touched.add(patient)
             if state.window_fill < window:
                 state.window_fill += 1
@@ -447,6 +471,9 @@ class AlarmPolicy:
                     continue
             self._step(patient, beat, state, events)
 
+        if beats:
+            newest = max(beat.produced_at for beat in beats)
+            self._newest_beat_at = max(self._newest_beat_at, newest)
         if ignored:
             self.ignored_beats += ignored
             logger.debug("ignored %d re-delivered beats", ignored)
@@ -630,6 +657,8 @@ class AlarmPolicy:
         state.window_fill = min(state.window_fill, window)
         self._states[patient] = state
         self._saved[patient] = _material(state)
+        # Its last beat time was not saved: the patient counts from now.
+        self._last_beat_at.pop(patient, None)
         logger.debug(
             "restored alarm state: patient=%s last_seq=%d active=%s",
             patient,
@@ -642,6 +671,29 @@ class AlarmPolicy:
         self._states.pop(patient, None)
         self._saved.pop(patient, None)
         self._touched.discard(patient)
+        self._last_beat_at.pop(patient, None)
+
+    def idle_patients(self) -> list[str]:
+        """Patients gone from the monitor: no beat for ``forget_after_s`` of beat
+        time before the newest beat applied, and no open episode.
+
+        The caller forgets them. Looks at every patient, so it answers at most
+        once per tenth of ``forget_after_s`` of beat time and returns nothing
+        in between. A patient restored from a snapshot counts from the first
+        look after it.
+        """
+        after = self.settings.forget_after_s
+        newest = self._newest_beat_at
+        if not after or newest < self._idle_checked_at + after / 10:
+            return []
+        self._idle_checked_at = newest
+        horizon = newest - after
+        last_beat_at = self._last_beat_at
+        return [
+            patient
+            for patient, state in self._states.items()
+            if last_beat_at.setdefault(patient, newest) < horizon and not state.active
+        ]
 
     def due_for_saving(self, patients: Iterable[str]) -> list[str]:
         """The patients whose state changed since it was last saved; now marked saved.

@@ -53,14 +53,19 @@ class StateBuckets:
         self._members[partition, bucket_of(patient, self.buckets)].add(patient)
 
     def messages(
-        self, policy: AlarmPolicy, changed: Iterable[str]
+        self,
+        policy: AlarmPolicy,
+        changed: Iterable[str],
+        buckets: Iterable[tuple[int, int]] = (),
     ) -> list[tuple[bytes, bytes]]:
-        """(key, value) for every bucket that holds one of the ``changed`` patients."""
+        """(key, value) for every bucket that holds one of the ``changed``
+        patients, and for the ``(partition, bucket)`` pairs in ``buckets``."""
         keys = {
             (self._partition_of[p], bucket_of(p, self.buckets))
             for p in changed
             if p in self._partition_of
         }
+        keys.update(buckets)
         out = []
         for partition, bucket in sorted(keys):
             snapshots = b",".join(
@@ -74,6 +79,21 @@ class StateBuckets:
             )
             out.append((f"{partition}:{bucket}".encode(), value))
         return out
+
+    def drop(
+        self, policy: AlarmPolicy, patients: Iterable[str]
+    ) -> set[tuple[int, int]]:
+        """Forget ``patients`` in ``policy`` and here; the ``(partition, bucket)``
+        pairs that held them, to be written again without them."""
+        emptied = set()
+        for patient in patients:
+            policy.forget(patient)
+            partition = self._partition_of.pop(patient, None)
+            if partition is not None:
+                key = (partition, bucket_of(patient, self.buckets))
+                self._members[key].discard(patient)
+                emptied.add(key)
+        return emptied
 
     def forget_all_but(self, policy: AlarmPolicy, partitions: Collection[int]) -> None:
         """Drop the patients of partitions this monitor no longer owns."""

@@ -687,12 +687,23 @@ class Monitor:
             partitions = {tp.partition for tp in owned}
             self._buckets.forget_all_but(self.alarms, partitions)
             self._held &= partitions
+            gone = self.alarms.idle_patients()
+            emptied = self._buckets.drop(self.alarms, gone)
+            if gone:
+                logger.info(
+                    "forgot %d patients with no beat for %g s of beat time and no "
+                    "open alarm",
+                    len(gone),
+                    self.alarms.settings.forget_after_s,
+                )
             changed = self.alarms.due_for_saving(self._touched)
             self._touched.clear()
             self._send_and_wait(
                 [
                     (self.config.alarm_state_topic, key, value, [])
-                    for key, value in self._buckets.messages(self.alarms, changed)
+                    for key, value in self._buckets.messages(
+                        self.alarms, changed, emptied
+                    )
                 ]
             )
         offsets = {tp: om for tp, om in self._pending.items() if tp in owned}

@@ -587,3 +587,56 @@ def test_events_carry_the_model_version_and_episodes_outlive_a_model_change() ->
     for event in before + after:
         assert decode_alarm_event(event.encode()) == event
         assert json.loads(event.encode())["model_version"] == event.model_version
+
+
+def test_patients_without_a_beat_for_forget_after_s_are_idle() -> None:
+    policy = AlarmPolicy(AlarmSettings(forget_after_s=600.0))
+    policy.apply(*beats_of("0" * 5, patient="gone"))
+    policy.apply(*beats_of("0" * 5, patient="stays", first_seq=560))
+    assert policy.idle_patients() == []
+    # "gone" had its last beat at T0 + 4 s; the newest beat is now T0 + 625 s,
+    # a tenth of forget_after_s after the first look.
+    policy.apply(*beats_of("0", patient="stays", first_seq=625))
+    assert policy.idle_patients() == ["gone"]
+
+
+def test_a_patient_with_an_open_alarm_is_never_idle() -> None:
+    policy = AlarmPolicy(AlarmSettings(forget_after_s=600.0))
+    policy.apply(*beats_of("1" * 6, patient="alarm"))
+    assert policy.active_alarms() == {"alarm": "medium"}
+    policy.apply(*beats_of("0", patient="other", first_seq=5_000))
+    assert policy.idle_patients() == []
+
+
+def test_idle_patients_answers_once_per_tenth_of_forget_after_s() -> None:
+    policy = AlarmPolicy(AlarmSettings(forget_after_s=600.0))
+    policy.apply(*beats_of("0", patient="a"))
+    policy.apply(*beats_of("0", patient="b", first_seq=700))
+    assert policy.idle_patients() == ["a"]
+    policy.apply(*beats_of("0", patient="b", first_seq=759))
+    assert policy.idle_patients() == []
+    policy.apply(*beats_of("0", patient="b", first_seq=760))
+    assert policy.idle_patients() == ["a"]
+
+
+def test_forget_after_zero_keeps_every_patient() -> None:
+    policy = AlarmPolicy(AlarmSettings(forget_after_s=0.0))
+    policy.apply(*beats_of("0", patient="a"))
+    policy.apply(*beats_of("0", patient="b", first_seq=100_000))
+    assert policy.idle_patients() == []
+
+
+def test_a_restored_patient_counts_as_seen_at_the_first_look() -> None:
+    source = AlarmPolicy()
+    source.apply(*beats_of("0" * 3, patient="r"))
+    policy = AlarmPolicy(AlarmSettings(forget_after_s=600.0))
+    policy.restore("r", source.snapshot("r"))
+    policy.apply(*beats_of("0", patient="x", first_seq=10_000))
+    assert policy.idle_patients() == []
+    policy.apply(*beats_of("0", patient="x", first_seq=10_601))
+    assert policy.idle_patients() == ["r"]
+
+
+def test_forget_after_shorter_than_the_cooldown_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"forget_after_s=30.0: .*cooldown_s"):
+        AlarmSettings(forget_after_s=30.0, cooldown_s=60.0)

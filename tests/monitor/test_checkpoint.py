@@ -74,3 +74,23 @@ def test_a_patient_moving_partition_leaves_its_old_bucket() -> None:
 def test_a_malformed_bucket_is_refused(value: bytes) -> None:
     with pytest.raises(MessageError):
         StateBuckets().restore(AlarmPolicy(), value)
+
+
+def test_dropped_patients_leave_their_buckets_which_are_written_again() -> None:
+    patients = {f"p{i:03d}": 0 for i in range(20)}
+    policy, buckets = policy_with(patients)
+    gone = ["p003", "p011"]
+    emptied = buckets.drop(policy, gone)
+    assert emptied == {(0, bucket_of(p, 4)) for p in gone}
+    messages = buckets.messages(policy, [], emptied)
+    assert {key.decode() for key, _ in messages} == {f"0:{b}" for _, b in emptied}
+    written = {
+        entry["patient"]
+        for _, value in messages
+        for entry in json.loads(value)["patients"]
+    }
+    assert written.isdisjoint(gone)
+    assert written == {p for p in patients if (0, bucket_of(p, 4)) in emptied} - set(
+        gone
+    )
+    assert policy.state("p003").last_seq == -1
