@@ -1,8 +1,9 @@
 """Soak benchmark: the monitor under a steady live load, and where it falls behind.
 
-One monitor process (alarm policy and metrics on, MQTT off, as ``beatmon
-monitor`` builds it) runs throughout, against a broker of the benchmark's own.
-The replay producer feeds it live, paced beats from many simulated patients.
+A monitor process (alarm policy and metrics on, MQTT off, as ``beatmon
+monitor`` builds it) runs against a broker of the benchmark's own; the ramp
+and the soak each have a monitor, topic and group of their own. The replay
+producer feeds it live, paced beats from many simulated patients.
 
 1. knee: the producer runs at rising rates (``--steps``, ``--step-s`` each).
    For each step we measure the rate actually produced (from the topic's end
@@ -213,17 +214,6 @@ def find_knee(probe: LagProbe, topic: str, args: argparse.Namespace) -> float | 
     return None
 
 
-def drain(probe: LagProbe, limit_s: float) -> float:
-    """Wait until the lag is back to about one checkpoint; returns the seconds."""
-    started = time.monotonic()
-    while time.monotonic() - started < limit_s:
-        _, _, lag = probe.sample()
-        if lag < 2000:
-            break
-        time.sleep(1.0)
-    return time.monotonic() - started
-
-
 def soak(
     probe: LagProbe, topic: str, args: argparse.Namespace, reports: list[dict[str, Any]]
 ) -> None:
@@ -281,28 +271,29 @@ def delete_topic(topic: str) -> None:
         admin.close()
 
 
-def orchestrate(args: argparse.Namespace) -> None:
-    from tests.services import create_topics, unique_name
+class MonitorRun:
+    """A fresh topic that keeps every beat, a monitor process scoring it, and a
+    probe of its group's lag; :meth:`close` stops the monitor and deletes the
+    topic.
 
-    already = "running" in kafka("status", PORT)
-    kafka("start", PORT)
-    monitor = None
-    topic = ""
-    try:
-        bundle = ensure_bundle(Path(args.bundle))
-        print(f"machine: {os.cpu_count()} cores; bundle {bundle}; broker {BOOTSTRAP}")
-        topic = unique_name("bench-soak")
+    The ramp and the soak each get their own: patients of the ramp's steps
+    would otherwise sit in the soak's monitor until it forgets them.
+    """
+
+    def __init__(self, bundle: Path, args: argparse.Namespace) -> None:
+        from tests.services import create_topics, unique_name
+
+        self.topic = unique_name("bench-soak")
         # The broker keeps 256 MB a partition by default, under a minute of
         # beats here: a backlog would be deleted unread and the lag would look
-        # flat. This topic keeps everything; it is deleted at the end.
+        # flat. This topic keeps everything.
         create_topics(
             BOOTSTRAP,
-            [topic],
+            [self.topic],
             partitions=2,
             configs={"retention.bytes": "-1", "retention.ms": "-1"},
         )
-
-        monitor = subprocess.Popen(
+        self.monitor = subprocess.Popen(
             [
                 sys.executable,
                 __file__,
@@ -311,7 +302,7 @@ def orchestrate(args: argparse.Namespace) -> None:
                 "--bundle",
                 str(bundle),
                 "--topic",
-                topic,
+                self.topic,
                 "--interval-s",
                 str(args.interval_s),
             ],
@@ -320,47 +311,70 @@ def orchestrate(args: argparse.Namespace) -> None:
             text=True,
             cwd=REPO,
         )
-        assert monitor.stdout is not None
-        reports: list[dict[str, Any]] = []
-        started = json.loads(monitor.stdout.readline())
-        reader = threading.Thread(
-            target=lambda: reports.extend(json.loads(line) for line in monitor.stdout),
+        stdout = self.monitor.stdout
+        assert stdout is not None
+        self.reports: list[dict[str, Any]] = []
+        self.started = json.loads(stdout.readline())
+        self._reader = threading.Thread(
+            target=lambda: self.reports.extend(json.loads(line) for line in stdout),
             daemon=True,
         )
-        reader.start()
+        self._reader.start()
         time.sleep(5.0)
+        self.probe = LagProbe(self.topic, f"{self.topic}-bench")
 
-        probe = LagProbe(topic, f"{topic}-bench")
-        knee = find_knee(probe, topic, args) if args.steps else None
-        print(
-            f"  knee: about {knee:,.0f} beats/s"
-            if knee
-            else "  knee: not reached in the ramp"
-        )
-        print(f"  drained the backlog in {drain(probe, 300):.0f} s")
-
-        # Start the soak just after a monitor report, so its reports line up
-        # with the soak's intervals.
-        before = len(reports)
-        while len(reports) == before and monitor.poll() is None:
+    def next_report(self) -> int:
+        """Wait for the monitor's next report; how many there are then."""
+        before = len(self.reports)
+        while len(self.reports) == before and self.monitor.poll() is None:
             time.sleep(0.2)
-        before = len(reports)
-        soak(probe, topic, args, reports)
-        probe.close()
-        monitor.terminate()
-        monitor.wait(timeout=60)
-        reader.join(timeout=5)
-        soaked = reports[before:]
+        return len(self.reports)
+
+    def close(self) -> None:
+        self.probe.close()
+        if self.monitor.poll() is None:
+            self.monitor.terminate()
+            try:
+                self.monitor.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.monitor.kill()
+        self._reader.join(timeout=5)
+        delete_topic(self.topic)
+
+
+def orchestrate(args: argparse.Namespace) -> None:
+    already = "running" in kafka("status", PORT)
+    kafka("start", PORT)
+    try:
+        bundle = ensure_bundle(Path(args.bundle))
+        print(f"machine: {os.cpu_count()} cores; bundle {bundle}; broker {BOOTSTRAP}")
+        if args.steps:
+            ramp = MonitorRun(bundle, args)
+            try:
+                knee = find_knee(ramp.probe, ramp.topic, args)
+            finally:
+                ramp.close()
+            print(
+                f"  knee: about {knee:,.0f} beats/s"
+                if knee
+                else "  knee: not reached in the ramp"
+            )
+
+        run = MonitorRun(bundle, args)
+        try:
+            # Start just after a monitor report, so that its reports line up
+            # with the soak's intervals.
+            before = run.next_report()
+            soak(run.probe, run.topic, args, run.reports)
+        finally:
+            run.close()
+        soaked = run.reports[before:]
         print(
-            f"  monitor RSS: {started['rss_mb']:.0f} MB at start, "
+            f"  monitor RSS: {run.started['rss_mb']:.0f} MB at start, "
             f"{soaked[0]['rss_mb'] if soaked else float('nan'):.0f} MB after the "
-            f"first soak interval, {reports[-1]['rss_mb']:.0f} MB at the end"
+            f"first soak interval, {run.reports[-1]['rss_mb']:.0f} MB at the end"
         )
     finally:
-        if monitor is not None and monitor.poll() is None:
-            monitor.kill()
-        if topic:
-            delete_topic(topic)
         if not already:
             kafka("stop", PORT)
 
