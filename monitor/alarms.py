@@ -28,7 +28,8 @@ The rules, per patient, applied to its beats in ``seq`` order:
   with the same ``episode_id`` and ``started_at``, and a priority taken
   afresh from the window. Later, a new episode with a new id.
 - A patient with no beat for ``forget_after_s`` of beat time (before the
-  newest beat of any patient) and no open episode has left the monitor:
+  newest beat of any patient, leaving out beat times more than five minutes
+  ahead of this machine's clock) and no open episode has left the monitor:
   its state is dropped, and beats that come later start afresh.
 
 Defaults, and why (facts from the project's reference notes; counts from
@@ -60,7 +61,7 @@ alerts, over 30 such days):
   the cooldown, is a patient unplugged or discharged. Without it, every
   patient ever seen would stay in memory and be written again with each
   checkpoint of its bucket: a soak whose patients changed every few
-  minutes ended with 43,000 of them, of whom 8,000 were still there.
+  minutes ended with 43,000 of them, of whom 8,000 still sent beats.
 
 Restart safety: beats are delivered at least once. A beat whose ``seq`` is
 not above the last one applied for its patient is ignored, so re-delivered
@@ -111,7 +112,8 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
@@ -126,6 +128,9 @@ ALARM_VERSION = 1
 STATUS_VERSION = 1
 STATE_VERSION = 1
 MAX_WINDOW_BEATS = 1000
+# A beat time further ahead of this machine's clock comes from a device whose
+# clock is wrong; it must not make every other patient look long gone.
+MAX_BEAT_TIME_AHEAD_S = 300.0
 
 Priority = Literal["low", "medium", "high"]
 EventKind = Literal["raised", "escalated", "ended"]
@@ -414,10 +419,15 @@ class AlarmPolicy:
     """
 
     def __init__(
-        self, settings: AlarmSettings | None = None, *, model_version: str = ""
+        self,
+        settings: AlarmSettings | None = None,
+        *,
+        model_version: str = "",
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings or AlarmSettings()
         self.model_version = model_version
+        self.clock = clock
         self.ignored_beats = 0
         self._states: dict[str, PatientState] = {}
         # What was last saved (or restored) per patient, beat counter aside.
@@ -472,7 +482,11 @@ class AlarmPolicy:
             self._step(patient, beat, state, events)
 
         if beats:
-            newest = max(beat.produced_at for beat in beats)
+            latest = self.clock() + MAX_BEAT_TIME_AHEAD_S
+            newest = max(
+                (b.produced_at for b in beats if b.produced_at <= latest),
+                default=self._newest_beat_at,
+            )
             self._newest_beat_at = max(self._newest_beat_at, newest)
         if ignored:
             self.ignored_beats += ignored

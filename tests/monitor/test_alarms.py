@@ -640,3 +640,12 @@ def test_a_restored_patient_counts_as_seen_at_the_first_look() -> None:
 def test_forget_after_shorter_than_the_cooldown_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"forget_after_s=30.0: .*cooldown_s"):
         AlarmSettings(forget_after_s=30.0, cooldown_s=60.0)
+
+
+def test_a_beat_from_a_clock_far_ahead_makes_no_one_idle() -> None:
+    policy = AlarmPolicy(AlarmSettings(forget_after_s=600.0), clock=lambda: T0 + 10)
+    policy.apply(*beats_of("0" * 5, patient="a"))
+    policy.apply(*beats_of("0", patient="skewed", first_seq=86_400))
+    assert policy.idle_patients() == []
+    policy.apply(*beats_of("0", patient="b", first_seq=250))
+    assert policy.idle_patients() == []
