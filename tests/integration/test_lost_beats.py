@@ -24,6 +24,15 @@ LOST = re.compile(
 )
 
 
+def delete_before(bootstrap: str, offsets: dict[TopicPartition, int]) -> None:
+    """Delete each partition's records below the offset, as retention would."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.delete_records(offsets)
+    finally:
+        admin.close()
+
+
 @pytest.mark.parametrize("topics", [2], indirect=True)
 def test_beats_deleted_after_the_last_commit_are_counted_and_named(
     kafka_bootstrap: str,
@@ -48,11 +57,7 @@ def test_beats_deleted_after_the_last_commit_are_counted_and_named(
     finally:
         probe.close()
     deleted_to = {tp: ends[tp] - 25 for tp in parts}
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.delete_records(deleted_to)
-    finally:
-        admin.close()
+    delete_before(kafka_bootstrap, deleted_to)
 
     monitor = MonitorProcess(
         bundle,
@@ -88,11 +93,7 @@ def test_a_group_without_commits_loses_nothing_it_never_had(
     monitors: list[MonitorProcess],
 ) -> None:
     replay(kafka_bootstrap, topics.beats, 100)
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.delete_records({TopicPartition(topics.beats, 0): 40})
-    finally:
-        admin.close()
+    delete_before(kafka_bootstrap, {TopicPartition(topics.beats, 0): 40})
     monitor = MonitorProcess(
         bundle, kafka_bootstrap, topics, tmp_path / "m.log", topics.group
     )
